@@ -1,0 +1,76 @@
+/**
+ * The one table of SMTP replies the gateway sends (design.md §3). Every refusal, every success and
+ * every failure reaches the client through a `Reply` built here; nothing else writes reply text.
+ * Pure data: no services, no IO.
+ */
+import { Data, Predicate } from "effect"
+
+export class Reply extends Data.Class<{
+  /** The three-digit SMTP code. */
+  readonly code: number
+  /** The RFC 3463 enhanced status code, such as `5.7.1`. */
+  readonly enhanced: string
+  readonly text: string
+}> {
+  get isPermanent(): boolean {
+    return this.code >= 500
+  }
+  get isTemporary(): boolean {
+    return this.code >= 400 && this.code < 500
+  }
+  /** Closing replies (421) end the connection after they are sent. */
+  get closesConnection(): boolean {
+    return this.code === 421
+  }
+  /** The reply as one line on the wire, without CRLF. */
+  override toString(): string {
+    return `${this.code} ${this.enhanced} ${this.text}`
+  }
+}
+
+const reply = (code: number, enhanced: string, text: string) => new Reply({ code, enhanced, text })
+
+/** An error (or anything) that knows the reply it earns. */
+export interface Respondable {
+  readonly reply: Reply
+}
+
+export const isRespondable = (u: unknown): u is Respondable =>
+  Predicate.hasProperty(u, "reply") && u.reply instanceof Reply
+
+export const Replies = {
+  greeting: (hostname: string) => reply(220, "2.0.0", `${hostname} ESMTP ready`),
+  bye: reply(221, "2.0.0", "Bye"),
+
+  tlsRequired: reply(530, "5.7.0", "Must issue a STARTTLS command first"),
+  authRequired: reply(530, "5.7.0", "Authentication required"),
+  authSucceeded: reply(235, "2.7.0", "Authentication successful"),
+  authInvalid: reply(535, "5.7.8", "Authentication credentials invalid"),
+  /** A refusal whose text says more than the standard one (an MFA account, say). */
+  authInvalidBecause: (why: string) => reply(535, "5.7.8", `Authentication credentials invalid: ${why}`),
+  authUnavailable: reply(454, "4.7.0", "Temporary authentication failure, try again later"),
+  authLockedOut: reply(421, "4.7.0", "Too many failed authentication attempts, try again later"),
+
+  senderOk: reply(250, "2.1.0", "Sender ok"),
+  recipientOk: reply(250, "2.1.5", "Recipient ok"),
+  senderNotAllowed: reply(550, "5.7.1", "Sender address not allowed for this account"),
+  badAddress: reply(501, "5.1.3", "Bad address syntax"),
+  tooManyRecipients: reply(452, "4.5.3", "Too many recipients"),
+  messageTooLarge: (limit: number) => reply(552, "5.3.4", `Message size exceeds the limit of ${limit} bytes`),
+  messageRejected: (reason: string) => reply(554, "5.6.0", `Message rejected: ${reason}`),
+
+  rateLimited: (seconds: number) =>
+    reply(451, "4.7.1", `Rate limit exceeded, try again in ${Math.max(1, Math.ceil(seconds))} seconds`),
+  tooManyConnections: reply(421, "4.7.0", "Too many connections, try again later"),
+  idleTimeout: reply(421, "4.4.2", "Idle timeout, closing connection"),
+  shuttingDown: reply(421, "4.3.2", "Service shutting down"),
+
+  upstreamTemporary: reply(451, "4.3.0", "Temporary delivery failure, try again later"),
+  upstreamTimeout: reply(451, "4.4.1", "Temporary delivery failure (timeout), try again later"),
+  upstreamSenderRefused: reply(550, "5.7.1", "Sender or account refused by the email API"),
+  upstreamTooLarge: reply(552, "5.3.4", "Message size exceeds the limit of the email API"),
+  upstreamRejected: (reason: string) => reply(554, "5.6.0", `Message rejected by the email API: ${reason}`),
+
+  accepted: (gatewayId: string) => reply(250, "2.0.0", `Ok: queued as ${gatewayId}`),
+  internalError: reply(451, "4.3.0", "Internal error, try again later")
+} as const
