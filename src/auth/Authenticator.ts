@@ -11,6 +11,6 @@ import type { AuthError } from "./CredentialStore.ts"
 
 export class Authenticator extends Context.Service<Authenticator, {
   readonly verify: (credentials: Credentials) => Effect.Effect<Principal, AuthError>
-  /** Drops a cached credential (the upstream said 401 for its key). */
-  readonly invalidate: (credentials: Credentials) => Effect.Effect<void>
+  /** Drops every cached entry for this principal (the upstream said 401/403 for its key). */
+  readonly invalidate: (principal: Principal) => Effect.Effect<void>
 }>()("smtp-gateway/auth/Authenticator") {}

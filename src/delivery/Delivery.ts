@@ -15,6 +15,8 @@ export interface DeliveryRequest {
   readonly id: string
   readonly message: CanonicalMessage
   readonly received: ReceivedMessage
+  /** The message as it travels on (Bcc removed, Received added). */
+  readonly raw: Uint8Array
   readonly principal: Principal
   readonly recipients: ReadonlyArray<Mailbox>
 }

@@ -27,4 +27,8 @@ export class Principal extends Data.Class<{
   /** The bearer credential the upstream receives for this principal (an API key or access token). */
   readonly apiKey: Option.Option<Redacted.Redacted<string>>
   readonly backend: AuthBackendName
+  /** The account at the backend, where it has one (Cakemail account id). */
+  readonly account: Option.Option<string>
+  /** When the backend's grant ends (epoch millis, from Clock): the auth cache never keeps it longer. */
+  readonly expiresAt: Option.Option<number>
 }> {}

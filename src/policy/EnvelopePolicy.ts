@@ -5,11 +5,12 @@
  */
 import { Context, Effect, Layer, Option, Schema } from "effect"
 import { GatewayConfig } from "../Config.ts"
-import { type Mailbox, senderAllowed } from "../domain/Address.ts"
+import type { Mailbox } from "../domain/Address.ts"
 import type { Envelope } from "../domain/Envelope.ts"
 import { MessageTooLarge, SenderRejected } from "../domain/Errors.ts"
 import type { Principal } from "../domain/Principal.ts"
 import { Replies } from "../domain/Reply.ts"
+import { Senders, type SendersUnavailable } from "./Senders.ts"
 
 export class TooManyRecipients extends Schema.TaggedError<TooManyRecipients>()("TooManyRecipients", {
   limit: Schema.Int
@@ -19,16 +20,12 @@ export class TooManyRecipients extends Schema.TaggedError<TooManyRecipients>()("
   }
 }
 
-/** True when the principal may send as `address` (a principal without sender rules may send as anyone). */
-export const principalMaySendAs = (principal: Principal, address: string): boolean =>
-  Option.match(principal.senders, { onNone: () => true, onSome: (rules) => senderAllowed(rules, address) })
-
 export class EnvelopePolicy extends Context.Service<EnvelopePolicy, {
   readonly checkSender: (
     principal: Principal,
     sender: Mailbox,
     declaredSize: Option.Option<number>
-  ) => Effect.Effect<void, SenderRejected | MessageTooLarge>
+  ) => Effect.Effect<void, SenderRejected | MessageTooLarge | SendersUnavailable>
   /** `envelope` is the transaction so far, without `recipient`. */
   readonly checkRecipient: (
     principal: Principal,
@@ -40,12 +37,13 @@ export class EnvelopePolicy extends Context.Service<EnvelopePolicy, {
     EnvelopePolicy,
     Effect.gen(function*() {
       const { limits } = yield* GatewayConfig
+      const senders = yield* Senders
       return EnvelopePolicy.of({
         checkSender: Effect.fnUntraced(function*(principal, sender, declaredSize) {
           if (Option.isSome(declaredSize) && declaredSize.value > limits.maxMessageSize) {
             return yield* new MessageTooLarge({ limit: limits.maxMessageSize })
           }
-          if (!principalMaySendAs(principal, sender)) {
+          if (!(yield* senders.allowed(principal, sender))) {
             return yield* new SenderRejected({ address: sender, where: "mail-from" })
           }
         }),
@@ -57,5 +55,5 @@ export class EnvelopePolicy extends Context.Service<EnvelopePolicy, {
       })
     })
   )
-  static readonly layer = this.layerNoDeps.pipe(Layer.provide(GatewayConfig.layer))
+  static readonly layer = this.layerNoDeps.pipe(Layer.provide([GatewayConfig.layer, Senders.layerPrincipal]))
 }
