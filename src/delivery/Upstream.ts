@@ -1,11 +1,10 @@
 /**
  * Upstream: the outbound transport behind one interface. `outbox` writes files, `http` posts the
  * canonical JSON to UPSTREAM_URL, `cakemail` (its own file) posts one email per recipient;
- * `layerMemory` records what was sent, for tests.
- *
- * CONTRACT (lead): the shape and errors below are shared; the helper that owns delivery/ fills in layers.
+ * `layerMemory` records what was sent and answers as a test tells it (`MemoryUpstream`).
+ * Classifies failures (UpstreamError); it does not time out, retry or fan out: Delivery does.
  */
-import { Context, Effect, Schema } from "effect"
+import { Context, Duration, Effect, Layer, Ref, Schema } from "effect"
 import type { Mailbox } from "../domain/Address.ts"
 import type { CanonicalMessage, ReceivedMessage } from "../domain/Message.ts"
 import type { Principal } from "../domain/Principal.ts"
@@ -52,9 +51,94 @@ export class UpstreamError extends Schema.TaggedError<UpstreamError>()("Upstream
   }
 }
 
-export class Upstream extends Context.Service<Upstream, {
+/** The `type` label of `smtp_api_errors_total` and the `upstream.status` span attribute for a failure. */
+export const apiErrorType = (kind: UpstreamError["kind"]): "temporary" | "timeout" | "rejected" | "too_large" | "unauthorized" => {
+  switch (kind) {
+    case "Temporary":
+      return "temporary"
+    case "Timeout":
+      return "timeout"
+    case "Rejected":
+      return "rejected"
+    case "TooLarge":
+      return "too_large"
+    case "Unauthorized":
+      return "unauthorized"
+  }
+}
+
+/** How the memory upstream answers one call; `delay` passes on the Clock first (TestClock in tests). */
+export type MemoryAnswer =
+  | { readonly _tag: "Accept"; readonly upstreamId?: string; readonly delay?: Duration.Input }
+  | { readonly _tag: "Fail"; readonly error: UpstreamError; readonly delay?: Duration.Input }
+
+/** The test side of `Upstream.layerMemory`: what was submitted, and how the next calls answer. */
+export class MemoryUpstream extends Context.Service<MemoryUpstream, {
+  /** Every call received so far, in arrival order (recorded before any delay). */
+  readonly sent: Effect.Effect<ReadonlyArray<Outbound>>
+  /** Queues answers for the next calls, in order; once they are used up, `answerWith` decides. */
+  readonly enqueue: (...answers: ReadonlyArray<MemoryAnswer>) => Effect.Effect<void>
+  /** How calls answer when the queue is empty (default: accept as `memory-<n>`). */
+  readonly answerWith: (answer: (outbound: Outbound) => MemoryAnswer) => Effect.Effect<void>
+}>()("smtp-gateway/delivery/MemoryUpstream") {
+  static readonly accept = (upstreamId?: string, delay?: Duration.Input): MemoryAnswer => ({
+    _tag: "Accept",
+    ...(upstreamId === undefined ? {} : { upstreamId }),
+    ...(delay === undefined ? {} : { delay })
+  })
+  static readonly fail = (error: UpstreamError, delay?: Duration.Input): MemoryAnswer => ({
+    _tag: "Fail",
+    error,
+    ...(delay === undefined ? {} : { delay })
+  })
+}
+
+export interface UpstreamShape {
   readonly name: "outbox" | "http" | "cakemail" | "memory"
   /** True when each call carries one recipient (Cakemail); Delivery then fans out. */
   readonly perRecipient: boolean
   readonly submit: (outbound: Outbound) => Effect.Effect<UpstreamAccepted, UpstreamError>
-}>()("smtp-gateway/delivery/Upstream") {}
+}
+
+const makeMemory = (options: { readonly perRecipient: boolean }) =>
+  Effect.gen(function*() {
+    const state = yield* Ref.make<{
+      readonly sent: ReadonlyArray<Outbound>
+      readonly queue: ReadonlyArray<MemoryAnswer>
+      readonly fallback: (outbound: Outbound) => MemoryAnswer
+    }>({ sent: [], queue: [], fallback: () => MemoryUpstream.accept() })
+
+    const submit = (outbound: Outbound): Effect.Effect<UpstreamAccepted, UpstreamError> =>
+      Effect.gen(function*() {
+        const [answer, count] = yield* Ref.modify(state, (s) => {
+          const [next, ...rest] = s.queue
+          const sent = [...s.sent, outbound]
+          return [
+            [next ?? s.fallback(outbound), sent.length] as const,
+            { ...s, sent, queue: next === undefined ? s.queue : rest }
+          ]
+        })
+        if (answer.delay !== undefined) yield* Effect.sleep(answer.delay)
+        if (answer._tag === "Fail") return yield* answer.error
+        return { upstreamId: answer.upstreamId ?? `memory-${count}` }
+      })
+
+    const upstream: UpstreamShape = { name: "memory", perRecipient: options.perRecipient, submit }
+    const memory = MemoryUpstream.of({
+      sent: Effect.map(Ref.get(state), (s) => s.sent),
+      enqueue: (...answers) => Ref.update(state, (s) => ({ ...s, queue: [...s.queue, ...answers] })),
+      answerWith: (fallback) => Ref.update(state, (s) => ({ ...s, fallback }))
+    })
+    return Context.make(Upstream, upstream).pipe(Context.add(MemoryUpstream, memory))
+  })
+
+export class Upstream extends Context.Service<Upstream, UpstreamShape>()("smtp-gateway/delivery/Upstream") {
+  /** A whole-message upstream that records every call; drive it with `MemoryUpstream`. */
+  static readonly layerMemory: Layer.Layer<Upstream | MemoryUpstream> = Layer.effectContext(
+    makeMemory({ perRecipient: false })
+  )
+  /** Like `layerMemory`, but one recipient per call (as Cakemail), so Delivery fans out. */
+  static readonly layerMemoryPerRecipient: Layer.Layer<Upstream | MemoryUpstream> = Layer.effectContext(
+    makeMemory({ perRecipient: true })
+  )
+}

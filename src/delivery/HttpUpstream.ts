@@ -1,0 +1,153 @@
+/**
+ * The `http` upstream (design.md §5): one `POST UPSTREAM_URL` per message with the canonical JSON,
+ * the principal's bearer key, an Idempotency-Key and `traceparent`; the answer's status becomes an
+ * `UpstreamAccepted` or a classified `UpstreamError`. No timeout or retry here: Delivery owns both.
+ */
+import { Clock, DateTime, Effect, Layer, Metric, Option, Predicate, Redacted, Schema, Stream } from "effect"
+import { HttpClient, HttpClientRequest, type HttpClientResponse } from "effect/http"
+import { ConfigInvalid, GatewayConfig } from "../Config.ts"
+import { CanonicalMessage } from "../domain/Message.ts"
+import { apiErrors, apiLatency } from "../observability/Metrics.ts"
+import { apiErrorType, type Outbound, Upstream, type UpstreamAccepted, UpstreamError } from "./Upstream.ts"
+
+/** More than any id or error document; a larger answer is cut, never buffered whole. */
+export const maxResponseBytes = 64 * 1024
+const maxDetailLength = 200
+
+const encodeCanonical = Schema.encodeSync(CanonicalMessage)
+/** `{ "id": "..." }`; some APIs send a number. */
+const Accepted = Schema.Struct({ id: Schema.Union([Schema.NonEmptyString, Schema.Finite]) })
+const decodeAccepted = Schema.decodeUnknownOption(Schema.fromJsonString(Accepted))
+const decodeJson = Schema.decodeUnknownOption(Schema.fromJsonString(Schema.Unknown))
+
+/** A short, single-line reason from an error answer: its `detail`, `message` or `error` string. */
+export const errorDetail = (status: number, body: string): string => {
+  const json = decodeJson(body)
+  const pick = Option.flatMap(json, (value) => {
+    for (const key of ["detail", "message", "error"] as const) {
+      if (Predicate.hasProperty(value, key) && Predicate.isString(value[key])) {
+        const text = value[key].replace(/[\u0000-\u001f\u007f\s]+/g, " ").trim()
+        if (text !== "") return Option.some(text)
+      }
+    }
+    return Option.none<string>()
+  })
+  return Option.match(pick, {
+    onNone: () => `HTTP ${status}`,
+    onSome: (text) => text.length > maxDetailLength ? text.slice(0, maxDetailLength - 1) + "…" : text
+  })
+}
+
+/** `Retry-After` as delay-seconds or an HTTP date, in milliseconds from `now`. */
+export const retryAfterMillis = (header: string | undefined, now: number): number | undefined => {
+  if (header === undefined) return undefined
+  const value = header.trim()
+  if (/^\d+$/.test(value)) return Number(value) * 1000
+  return Option.match(DateTime.make(value), {
+    onNone: () => undefined,
+    onSome: (date) => Math.max(0, DateTime.toEpochMillis(date) - now)
+  })
+}
+
+/** Reads at most `maxResponseBytes` of the body as text; a body that breaks off reads as what arrived. */
+const readCapped = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
+  const chunks: Array<Uint8Array> = []
+  let size = 0
+  return Stream.runForEachWhile(response.stream, (chunk) =>
+    Effect.sync(() => {
+      const room = maxResponseBytes - size
+      chunks.push(chunk.length > room ? chunk.subarray(0, room) : chunk)
+      size += Math.min(chunk.length, room)
+      return size < maxResponseBytes
+    })).pipe(
+      Effect.ignore,
+      Effect.map(() => Buffer.concat(chunks).toString("utf8"))
+    )
+}
+
+/** The status mapping of design.md §5. */
+const classify = (
+  status: number,
+  body: string,
+  retryAfter: number | undefined
+): Effect.Effect<UpstreamAccepted, UpstreamError> => {
+  if (status >= 200 && status < 300) {
+    return Option.match(decodeAccepted(body), {
+      onSome: ({ id }) => Effect.succeed({ upstreamId: String(id) }),
+      // the API said yes: failing now would make the client send the message again
+      onNone: () =>
+        Effect.logWarning("the email API accepted the message without an id").pipe(
+          Effect.annotateLogs({ status }),
+          Effect.as({ upstreamId: "unknown" })
+        )
+    })
+  }
+  const error = (kind: UpstreamError["kind"], detail: string) =>
+    Effect.fail(
+      new UpstreamError({
+        kind,
+        detail,
+        status,
+        ...(kind === "Temporary" && retryAfter !== undefined ? { retryAfterMillis: retryAfter } : {})
+      })
+    )
+  if (status === 400 || status === 422) return error("Rejected", errorDetail(status, body))
+  if (status === 401 || status === 403) return error("Unauthorized", `HTTP ${status}`)
+  if (status === 413) return error("TooLarge", `HTTP ${status}`)
+  // 429, 5xx, and what the contract does not name (404, 409, 3xx...): the gateway keeps no queue,
+  // so only the statuses named as permanent may turn a message away for good
+  return error("Temporary", `HTTP ${status}`)
+}
+
+const make = Effect.gen(function*() {
+  const config = yield* GatewayConfig
+  const url = yield* Option.match(config.upstream.url, {
+    onSome: Effect.succeed,
+    onNone: () =>
+      Effect.fail(new ConfigInvalid({ problems: ["UPSTREAM_URL: required when UPSTREAM=http; set the email API endpoint"] }))
+  })
+  const client = yield* HttpClient.HttpClient
+
+  const submit = Effect.fn("HttpUpstream.submit")(function*(outbound: Outbound) {
+    const request = HttpClientRequest.post(url).pipe(
+      HttpClientRequest.setHeaders({ "idempotency-key": outbound.idempotencyKey, accept: "application/json" }),
+      Option.match(outbound.principal.apiKey, {
+        onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
+        onSome: (key) => HttpClientRequest.bearerToken(Redacted.value(key))
+      }),
+      HttpClientRequest.bodyJsonUnsafe(encodeCanonical(outbound.message))
+    )
+    const started = yield* Clock.currentTimeMillis
+    const result = yield* client.execute(request).pipe(
+      Effect.catchTag("HttpClientError", (e) =>
+        Effect.logWarning("the email API could not be reached", e.reason._tag, e.message).pipe(
+          Effect.andThen(new UpstreamError({ kind: "Temporary", detail: "the email API could not be reached" }))
+        )),
+      Effect.flatMap((response) =>
+        Effect.gen(function*() {
+          yield* Effect.annotateCurrentSpan({ "http.response.status_code": response.status })
+          const body = yield* readCapped(response)
+          const now = yield* Clock.currentTimeMillis
+          return yield* classify(response.status, body, retryAfterMillis(response.headers["retry-after"], now))
+        })
+      ),
+      Effect.scoped,
+      Effect.result
+    )
+    const finished = yield* Clock.currentTimeMillis
+    yield* Metric.update(apiLatency, (finished - started) / 1000)
+    if (result._tag === "Failure") {
+      yield* Metric.update(Metric.withAttributes(apiErrors, { type: apiErrorType(result.failure.kind) }), 1)
+      return yield* result.failure
+    }
+    return result.success
+  })
+
+  return Upstream.of({ name: "http", perRecipient: false, submit })
+})
+
+/** Needs `config.upstream.url` (fails at startup without it) and an `HttpClient`. */
+export const layer: Layer.Layer<Upstream, ConfigInvalid, GatewayConfig | HttpClient.HttpClient> = Layer.effect(
+  Upstream,
+  make
+)

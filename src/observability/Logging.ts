@@ -1,0 +1,59 @@
+/**
+ * The gateway's loggers, chosen by LOG_FORMAT: `json` writes one JSON object per line on stdout
+ * (time, level, message, every log annotation, trace_id/span_id inside a span, cause on errors);
+ * `pretty` is Effect's pretty logger. Both keep the tracer logger (logs become span events) and honour
+ * LOG_LEVEL. Redacted values print as `<redacted>`. Where logs go beyond stdout is not decided here.
+ */
+import { Array, Cause, Context, Effect, Formatter, Layer, Logger, type LogLevel, Redacted, References, Tracer } from "effect"
+import { GatewayConfig, type LogLevel as ConfigLogLevel } from "../Config.ts"
+
+/** The fields of a line that no annotation may overwrite. */
+const reserved = new Set(["time", "level", "message", "trace_id", "span_id", "cause"])
+
+/** `sessionId` → `session_id`, so every field of a line reads the same way. */
+const snakeCase = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase()
+
+const messagePart = (part: unknown): string =>
+  typeof part === "string" ? part : typeof part === "bigint" ? String(part) : Redacted.isRedacted(part) ? "<redacted>" : Formatter.formatJson(part)
+
+/** One log entry as one line of JSON. */
+export const formatJsonLine: Logger.Logger<unknown, string> = Logger.make(({ cause, date, fiber, logLevel, message }) => {
+  const line: Record<string, unknown> = {
+    time: date.toISOString(),
+    level: logLevel.toLowerCase(),
+    message: Array.ensure(message).map(messagePart).join(" ")
+  }
+  for (const [key, value] of Object.entries(fiber.getRef(References.CurrentLogAnnotations))) {
+    const field = snakeCase(key)
+    if (!reserved.has(field)) line[field] = Redacted.isRedacted(value) ? "<redacted>" : value
+  }
+  const span = Context.getOption(fiber.context, Tracer.ParentSpan)
+  if (span._tag === "Some") {
+    line.trace_id = span.value.traceId
+    line.span_id = span.value.spanId
+  }
+  if (cause.reasons.length > 0) line.cause = Cause.pretty(cause)
+  return Formatter.formatJson(line)
+})
+
+/** Writes `formatJsonLine` through the fiber's Console (stdout by default; a test can swap it). */
+export const jsonLogger: Logger.Logger<unknown, void> = Logger.withConsoleLog(formatJsonLine)
+
+const minimumLevel: Record<ConfigLogLevel, LogLevel.LogLevel> = {
+  trace: "Trace",
+  debug: "Debug",
+  info: "Info",
+  warn: "Warn",
+  error: "Error"
+}
+
+/** Replaces the default loggers according to LOG_FORMAT and LOG_LEVEL. */
+export const layer: Layer.Layer<never, never, GatewayConfig> = Layer.unwrap(
+  Effect.gen(function*() {
+    const { log } = yield* GatewayConfig
+    return Layer.mergeAll(
+      Logger.layer([log.format === "json" ? jsonLogger : Logger.consolePretty(), Logger.tracerLogger]),
+      Layer.succeed(References.MinimumLogLevel, minimumLevel[log.level])
+    )
+  })
+)
