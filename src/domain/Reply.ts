@@ -39,7 +39,6 @@ export const isRespondable = (u: unknown): u is Respondable =>
   Predicate.hasProperty(u, "reply") && u.reply instanceof Reply
 
 export const Replies = {
-  greeting: (hostname: string) => reply(220, "2.0.0", `${hostname} ESMTP ready`),
   bye: reply(221, "2.0.0", "Bye"),
 
   tlsRequired: reply(530, "5.7.0", "Must issue a STARTTLS command first"),
@@ -72,5 +71,8 @@ export const Replies = {
   upstreamRejected: (reason: string) => reply(554, "5.6.0", `Message rejected by the email API: ${reason}`),
 
   accepted: (gatewayId: string) => reply(250, "2.0.0", `Ok: queued as ${gatewayId}`),
+  /** Some recipients were refused for good after others were accepted (design.md §2). */
+  acceptedPartially: (gatewayId: string, refused: ReadonlyArray<string>) =>
+    reply(250, "2.0.0", `Ok: queued as ${gatewayId}; refused by the email API: ${refused.join(", ")}`),
   internalError: reply(451, "4.3.0", "Internal error, try again later")
 } as const

@@ -1,0 +1,78 @@
+import * as crypto from "node:crypto"
+import { PassThrough } from "node:stream"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Fiber } from "effect"
+import { readBody } from "../../src/smtp/Body.ts"
+
+const feed = (stream: PassThrough, chunks: ReadonlyArray<Buffer>) =>
+  Effect.sync(() => {
+    for (const chunk of chunks) stream.write(chunk)
+    stream.end()
+  })
+
+describe("Body", () => {
+  it.live("keeps the bytes with their size and SHA-256", () =>
+    Effect.gen(function*() {
+      const stream = new PassThrough()
+      const fiber = yield* Effect.forkChild(readBody(stream, 100))
+      yield* feed(stream, [Buffer.from("Subject: a\r\n"), Buffer.from("\r\nbody\r\n")])
+      const message = yield* Fiber.join(fiber)
+      const expected = Buffer.from("Subject: a\r\n\r\nbody\r\n")
+      assert.strictEqual(Buffer.from(message.raw).toString(), expected.toString())
+      assert.strictEqual(message.size, expected.length)
+      assert.strictEqual(message.sha256, crypto.createHash("sha256").update(expected).digest("hex"))
+    }))
+
+  it.live("accepts a message of exactly the limit", () =>
+    Effect.gen(function*() {
+      const stream = new PassThrough()
+      const fiber = yield* Effect.forkChild(readBody(stream, 10))
+      yield* feed(stream, [Buffer.alloc(10, 65)])
+      assert.strictEqual((yield* Fiber.join(fiber)).size, 10)
+    }))
+
+  it.live("reads an oversize stream to its end, then fails with MessageTooLarge", () =>
+    Effect.gen(function*() {
+      const stream = new PassThrough()
+      const fiber = yield* Effect.forkChild(readBody(stream, 1000))
+      const chunk = Buffer.alloc(64 * 1024, 120)
+      for (let i = 0; i < 64; i++) stream.write(chunk) // 4 MB, far past the limit
+      assert.isFalse(stream.writableEnded)
+      stream.end()
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : undefined
+      assert.strictEqual(error?._tag === "Some" ? error.value._tag : undefined, "MessageTooLarge")
+      assert.isTrue(stream.readableEnded)
+    }))
+
+  it.live("fails at once on a stream that is already destroyed", () =>
+    Effect.gen(function*() {
+      const stream = new PassThrough()
+      stream.destroy()
+      const exit = yield* Effect.exit(readBody(stream, 1000))
+      const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : undefined
+      assert.strictEqual(error?._tag === "Some" ? error.value._tag : undefined, "BodyInterrupted")
+    }))
+
+  it.live("honours smtp-server's sizeExceeded flag", () =>
+    Effect.gen(function*() {
+      const stream = Object.assign(new PassThrough(), { sizeExceeded: true })
+      const fiber = yield* Effect.forkChild(readBody(stream, 1000))
+      yield* feed(stream, [Buffer.from("small")])
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(Exit.isFailure(exit))
+    }))
+
+  it.live("fails with BodyInterrupted when the stream is destroyed mid-message", () =>
+    Effect.gen(function*() {
+      const stream = new PassThrough()
+      const fiber = yield* Effect.forkChild(readBody(stream, 1000))
+      yield* Effect.yieldNow
+      stream.write(Buffer.from("partial"))
+      stream.destroy(new Error("Connection closed before the message was received in full"))
+      const exit = yield* Fiber.await(fiber)
+      const error = Exit.isFailure(exit) ? Exit.findErrorOption(exit) : undefined
+      assert.strictEqual(error?._tag === "Some" ? error.value._tag : undefined, "BodyInterrupted")
+    }))
+})
