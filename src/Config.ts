@@ -161,6 +161,9 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
   if (upstreamKind === "http" && Option.isNone(upstreamUrl)) {
     problems.push("UPSTREAM_URL: required when UPSTREAM=http; set the email API endpoint")
   }
+  if (upstreamKind === "cakemail" && authBackend !== "cakemail") {
+    problems.push("UPSTREAM: cakemail needs AUTH_BACKEND=cakemail (each email is sent with the client's Cakemail token)")
+  }
   if (Option.isSome(certPath) !== Option.isSome(keyPath)) {
     problems.push("TLS_CERT_PATH, TLS_KEY_PATH: set both, or neither for a self-signed certificate")
   }
