@@ -1,0 +1,81 @@
+import { assert, describe, it } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, Option, Redacted } from "effect"
+import { loadGatewayConfig } from "../src/Config.ts"
+
+const load = (env: Record<string, string>) =>
+  loadGatewayConfig.pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
+
+describe("GatewayConfig", () => {
+  it.effect("runs fully local with nothing configured", () =>
+    Effect.gen(function*() {
+      const config = yield* load({})
+      assert.strictEqual(config.smtp.port, 587)
+      assert.strictEqual(config.http.port, 8080)
+      assert.strictEqual(config.auth.backend, "file")
+      assert.strictEqual(config.upstream.kind, "outbox")
+      assert.match(config.auth.usersFile, /data\/users\.json$/)
+      assert.match(config.upstream.outboxDir, /data\/outbox$/)
+      assert.isTrue(Option.isNone(config.tls.certPath))
+      assert.isTrue(Duration.equals(config.delivery.deadline, Duration.seconds(30)))
+      assert.isTrue(Duration.equals(config.auth.cacheTtl, Duration.minutes(15)))
+      assert.strictEqual(config.limits.maxMessageSize, 26_214_400)
+      assert.strictEqual(config.log.format, "json")
+    }))
+
+  it.effect("reads every kind of value", () =>
+    Effect.gen(function*() {
+      const config = yield* load({
+        SMTP_PORT: "2525",
+        DATA_DIR: "/srv/gw",
+        AUTH_BACKEND: "http",
+        AUTH_URL: "https://auth.example.com/verify",
+        UPSTREAM: "http",
+        UPSTREAM_URL: "https://api.example.com/messages",
+        UPSTREAM_TIMEOUT: "2 seconds",
+        ALLOWLIST_CIDRS: "10.0.0.0/8, 192.168.1.7",
+        REDIS_URL: "redis://:pw@redis:6379",
+        ADMIN_TOKEN: "t0k3n"
+      })
+      assert.strictEqual(config.smtp.port, 2525)
+      assert.strictEqual(config.auth.usersFile, "/srv/gw/users.json")
+      assert.strictEqual(Option.getOrThrow(config.auth.url).href, "https://auth.example.com/verify")
+      assert.isTrue(Duration.equals(config.delivery.attemptTimeout, Duration.seconds(2)))
+      assert.deepStrictEqual(config.limits.allowlistCidrs, ["10.0.0.0/8", "192.168.1.7"])
+      assert.strictEqual(Redacted.value(Option.getOrThrow(config.redisUrl)), "redis://:pw@redis:6379")
+      assert.strictEqual(String(Option.getOrThrow(config.adminToken)), "<redacted>")
+    }))
+
+  it.effect("reports every bad variable at once, one line each, naming the variable and the fix", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(load({
+        SMTP_PORT: "smtp",
+        DELIVERY_DEADLINE: "30s",
+        AUTH_BACKEND: "ldap",
+        UPSTREAM: "http",
+        TLS_CERT_PATH: "/etc/tls/cert.pem",
+        LOG_FORMAT: "xml"
+      }))
+      const lines = error.problems
+      assert.include(lines, "SMTP_PORT: \"smtp\" is not a port number from 0 to 65535; set a port such as 587")
+      assert.include(lines, "DELIVERY_DEADLINE: \"30s\" is not a duration; write a duration like \"30 seconds\"")
+      assert.include(lines, "AUTH_BACKEND: \"ldap\" is not one of file, http, cakemail; set file, http or cakemail")
+      assert.include(lines, "UPSTREAM_URL: required when UPSTREAM=http; set the email API endpoint")
+      assert.include(lines, "TLS_CERT_PATH, TLS_KEY_PATH: set both, or neither for a self-signed certificate")
+      assert.include(lines, "LOG_FORMAT: \"xml\" is not one of json, pretty; set json or pretty")
+      assert.strictEqual(lines.length, 6)
+      assert.match(error.message, /^Invalid configuration:\n {2}/)
+    }))
+
+  it.effect("never echoes a secret it could not parse", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(load({ REDIS_URL: "http://user:hunter2@redis" }))
+      assert.notInclude(error.message, "hunter2")
+      assert.include(error.message, "REDIS_URL")
+    }))
+
+  it.effect("refuses the Cakemail upstream without Cakemail authentication", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(load({ UPSTREAM: "cakemail" }))
+      assert.match(error.problems[0]!, /^UPSTREAM: cakemail needs AUTH_BACKEND=cakemail/)
+    }))
+})
