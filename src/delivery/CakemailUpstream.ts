@@ -322,14 +322,14 @@ export const makeCakemailUpstream = Effect.fnUntraced(function*(options: Cakemai
   return Upstream.of({ name: "cakemail", perRecipient: true, submit })
 })
 
-/** UPSTREAM=cakemail: CAKEMAIL_EMAIL_TYPE from GatewayConfig; unsupported parts refused. */
+/** UPSTREAM=cakemail: CAKEMAIL_EMAIL_TYPE and CAKEMAIL_UNSUPPORTED_PARTS from GatewayConfig. */
 export const layerCakemailUpstream: Layer.Layer<Upstream, never, GatewayConfig | CakemailApi | CakemailSenders> =
   Layer.effect(
     Upstream,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
       const emailType = config.cakemail.emailType === "marketing" ? "marketing" : "transactional"
-      return yield* makeCakemailUpstream({ emailType, dropUnsupportedParts: false })
+      return yield* makeCakemailUpstream({ emailType, dropUnsupportedParts: config.cakemail.unsupportedParts === "drop" })
     })
   )
 

@@ -37,6 +37,14 @@ export interface RecordedRequest {
 
 export type Endpoint = "token" | "senders" | "emails"
 
+/** A token pair the fake handed out, and the grant that asked for it. */
+export interface IssuedToken {
+  readonly grant: "password" | "refresh_token"
+  readonly accessToken: string
+  readonly refreshToken: string
+  readonly accountId: number
+}
+
 /** What a switched-on fault does to a request of its endpoint (the request is recorded first). */
 export type Fault =
   | { readonly _tag: "Status"; readonly status: number; readonly body: unknown; readonly headers: Readonly<Record<string, string>> }
@@ -83,6 +91,8 @@ export interface FakeCakemailHandle {
   readonly accounts: ReadonlyArray<FakeAccount>
   readonly requests: Effect.Effect<ReadonlyArray<RecordedRequest>>
   readonly requestsTo: (endpoint: Endpoint) => Effect.Effect<ReadonlyArray<RecordedRequest>>
+  /** Every token pair issued so far, in order. */
+  readonly issued: Effect.Effect<ReadonlyArray<IssuedToken>>
   readonly clearRequests: Effect.Effect<void>
   /** Switches a fault on for the next `times` requests of the endpoint (default: until cleared). */
   readonly fault: (endpoint: Endpoint, fault: Fault, times?: number) => Effect.Effect<void>
@@ -227,10 +237,12 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
   const faults = new Map<Endpoint, Array<{ fault: Fault; remaining: number }>>()
   const accessTokens = new Map<string, AccessToken>()
   const refreshTokens = new Map<string, number>()
+  const issued: Array<IssuedToken> = []
 
-  const issueToken = (account: FakeAccount, expiresIn: number) => {
+  const issueToken = (account: FakeAccount, expiresIn: number, grant: IssuedToken["grant"]) => {
     const access = `at-${randomUUID()}`
     const refresh = `rt-${randomUUID()}`
+    issued.push({ grant, accessToken: access, refreshToken: refresh, accountId: account.id })
     accessTokens.set(access, { accountId: account.id, expiresAt: now() + expiresIn * 1000 })
     refreshTokens.set(refresh, account.id)
     return { access_token: access, token_type: "bearer", expires_in: expiresIn, refresh_token: refresh, accounts: [account.id] }
@@ -296,7 +308,7 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
         return [401, { detail: "Incorrect username or password" }]
       }
       if (account.mfa) return [200, { challenge: `mfa-${randomUUID()}` }]
-      return [200, issueToken(account, expiresIn)]
+      return [200, issueToken(account, expiresIn, "password")]
     }
     if (form.grant_type === "refresh_token") {
       const refresh = typeof form.refresh_token === "string" ? form.refresh_token : ""
@@ -304,7 +316,7 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
       const account = accounts.find((a) => a.id === accountId)
       if (account === undefined) return [400, { detail: "Invalid refresh token" }]
       refreshTokens.delete(refresh)
-      return [200, issueToken(account, expiresIn)]
+      return [200, issueToken(account, expiresIn, "refresh_token")]
     }
     return [400, { detail: "Unsupported grant type" }]
   }
@@ -405,6 +417,7 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
             : r.path === "/v2/emails"
         )
       ),
+    issued: Effect.sync(() => [...issued]),
     clearRequests: Effect.sync(() => {
       recorded.length = 0
     }),
