@@ -27,13 +27,20 @@ export interface GatewayConfigShape {
     readonly url: Option.Option<URL>
     readonly cacheTtl: Duration.Duration
     readonly failureLimit: number
+    /** The delay before the first `535` of an IP+username; it doubles with each failure (capped at 8 s). */
+    readonly failureDelay: Duration.Duration
   }
   readonly upstream: {
     readonly kind: UpstreamKind
     readonly outboxDir: string
     readonly url: Option.Option<URL>
   }
-  readonly cakemail: { readonly apiUrl: URL; readonly emailType: string }
+  readonly cakemail: {
+    readonly apiUrl: URL
+    readonly emailType: string
+    /** CAKEMAIL_UNSUPPORTED_PARTS: refuse (554) or drop attachments the API cannot carry; absent = reject. */
+    readonly unsupportedParts?: "reject" | "drop"
+  }
   readonly delivery: {
     readonly deadline: Duration.Duration
     readonly attemptTimeout: Duration.Duration
@@ -50,6 +57,26 @@ export interface GatewayConfigShape {
     readonly rateLimitPerUser: number
     readonly allowlistCidrs: ReadonlyArray<string>
     readonly idleTimeout: Duration.Duration
+    readonly tlsHandshakeTimeout: Duration.Duration
+    /** A connection is closed (`421 4.4.2`) this long after it opened, once no delivery is in flight. */
+    readonly sessionMaxLifetime: Duration.Duration
+    /** In DATA, at least this many bytes per second, measured over each `dataRateWindow`. */
+    readonly dataMinRate: number
+    readonly dataRateWindow: Duration.Duration
+    /** Transactions (MAIL commands) per connection. */
+    readonly maxMessagesPerSession: number
+  }
+  /** Limits on hostile MIME, checked before mailparser runs (message/MimeLimits.ts). */
+  readonly mime: {
+    readonly maxParts: number
+    readonly maxDepth: number
+    /** Bytes of one header section (the message's or a part's). */
+    readonly maxHeaderBytes: number
+    /** Header fields in one header section. */
+    readonly maxHeaders: number
+    /** Bytes of one line, without its CRLF. */
+    readonly maxLineLength: number
+    readonly parseTimeout: Duration.Duration
   }
   readonly shutdownDrainTimeout: Duration.Duration
   readonly redisUrl: Option.Option<Redacted.Redacted<string>>
@@ -60,6 +87,10 @@ export interface GatewayConfigShape {
     readonly dir: Option.Option<string>
     readonly sampleRate: number
     readonly body: "keep" | "digest"
+    /** CAPTURE_USERS: capture only sessions that authenticated as one of these users (empty: everyone). */
+    readonly users: ReadonlyArray<string>
+    /** CAPTURE_CLIENTS: capture only sessions from these addresses or CIDRs (empty: every client). */
+    readonly clients: ReadonlyArray<string>
   }
   readonly adminToken: Option.Option<Redacted.Redacted<string>>
 }
@@ -96,7 +127,7 @@ const fraction: Check<number> = (value) => {
     : { problem: `"${value}" is not a number from 0 to 1` }
 }
 const duration: Check<Duration.Duration> = (value) => {
-  const d = /^\d+(\.\d+)? (nanos|micros|millis|seconds|minutes|hours|days|weeks)$/.test(value)
+  const d = /^\d+(\.\d+)? (nanos?|micros?|millis?|seconds?|minutes?|hours?|days?|weeks?)$/.test(value)
     ? Duration.fromInput(value as Duration.Input)
     : Option.none()
   return Option.isSome(d)
@@ -188,7 +219,8 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
       ),
       url: authUrl,
       cacheTtl: withDefault(yield* read("AUTH_CACHE_TTL", duration, durationFix), Duration.minutes(15)),
-      failureLimit: withDefault(yield* read("AUTH_FAILURE_LIMIT", integer(1, 1_000_000), countFix), 5)
+      failureLimit: withDefault(yield* read("AUTH_FAILURE_LIMIT", integer(1, 1_000_000), countFix), 5),
+      failureDelay: withDefault(yield* read("AUTH_FAILURE_DELAY", duration, durationFix), Duration.millis(500))
     },
     upstream: {
       kind: upstreamKind,
@@ -205,6 +237,14 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
       emailType: withDefault(
         yield* read("CAKEMAIL_EMAIL_TYPE", oneOf(["transactional", "marketing"] as const), "set transactional or marketing"),
         "transactional"
+      ),
+      unsupportedParts: withDefault(
+        yield* read(
+          "CAKEMAIL_UNSUPPORTED_PARTS",
+          oneOf(["reject", "drop"] as const),
+          "set reject (refuse the message with 554) or drop (send it without those parts)"
+        ),
+        "reject"
       )
     },
     delivery: {
@@ -225,7 +265,29 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
       rateLimitPerIp: withDefault(yield* read("RATE_LIMIT_PER_IP", integer(1, 1_000_000_000), countFix), 100),
       rateLimitPerUser: withDefault(yield* read("RATE_LIMIT_PER_USER", integer(1, 1_000_000_000), countFix), 600),
       allowlistCidrs: withDefault(yield* read("ALLOWLIST_CIDRS", cidr, "list CIDRs separated by commas"), []),
-      idleTimeout: withDefault(yield* read("IDLE_TIMEOUT", duration, durationFix), Duration.minutes(5))
+      idleTimeout: withDefault(yield* read("IDLE_TIMEOUT", duration, durationFix), Duration.minutes(5)),
+      tlsHandshakeTimeout: withDefault(yield* read("TLS_HANDSHAKE_TIMEOUT", duration, durationFix), Duration.seconds(10)),
+      sessionMaxLifetime: withDefault(yield* read("SESSION_MAX_LIFETIME", duration, durationFix), Duration.minutes(30)),
+      dataMinRate: withDefault(
+        yield* read("DATA_MIN_RATE", integer(0, 1_073_741_824, "a number of bytes per second"), "set bytes per second (0 turns the check off)"),
+        128
+      ),
+      dataRateWindow: withDefault(yield* read("DATA_RATE_WINDOW", duration, durationFix), Duration.seconds(30)),
+      maxMessagesPerSession: withDefault(yield* read("MAX_MESSAGES_PER_SESSION", integer(1, 1_000_000), countFix), 100)
+    },
+    mime: {
+      maxParts: withDefault(yield* read("MIME_MAX_PARTS", integer(1, 1_000_000), countFix), 1000),
+      maxDepth: withDefault(yield* read("MIME_MAX_DEPTH", integer(1, 1000), countFix), 10),
+      maxHeaderBytes: withDefault(
+        yield* read("MIME_MAX_HEADER_SIZE", integer(1024, 1_073_741_824, "a size in bytes"), "set a size in bytes"),
+        131_072
+      ),
+      maxHeaders: withDefault(yield* read("MIME_MAX_HEADERS", integer(1, 1_000_000), countFix), 500),
+      maxLineLength: withDefault(
+        yield* read("MIME_MAX_LINE_LENGTH", integer(998, 1_073_741_824, "a size in bytes"), "set a size in bytes"),
+        65_536
+      ),
+      parseTimeout: withDefault(yield* read("PARSE_TIMEOUT", duration, durationFix), Duration.seconds(10))
     },
     shutdownDrainTimeout: withDefault(yield* read("SHUTDOWN_DRAIN_TIMEOUT", duration, durationFix), Duration.seconds(30)),
     redisUrl: Option.map(
@@ -247,7 +309,12 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
     capture: {
       dir: Option.map(yield* read("CAPTURE_DIR", text, "set a writable directory"), (d) => path.resolve(d)),
       sampleRate: withDefault(yield* read("CAPTURE_SAMPLE_RATE", fraction, "set a number from 0 to 1"), 1),
-      body: withDefault(yield* read("CAPTURE_BODY", oneOf(["keep", "digest"] as const), "set keep or digest"), "keep")
+      body: withDefault(yield* read("CAPTURE_BODY", oneOf(["keep", "digest"] as const), "set keep or digest"), "keep"),
+      users: withDefault(
+        yield* read("CAPTURE_USERS", (v) => ({ ok: v.split(/[\s,]+/).filter((u) => u !== "") }), "list user names separated by commas"),
+        []
+      ),
+      clients: withDefault(yield* read("CAPTURE_CLIENTS", cidr, "list client addresses or CIDRs separated by commas"), [])
     },
     adminToken: Option.map(yield* read("ADMIN_TOKEN", text, "set a long random token"), Redacted.make)
   }

@@ -32,6 +32,7 @@ describe("GatewayConfig", () => {
         UPSTREAM: "http",
         UPSTREAM_URL: "https://api.example.com/messages",
         UPSTREAM_TIMEOUT: "2 seconds",
+        RETRY_BASE_DELAY: "1 second",
         ALLOWLIST_CIDRS: "10.0.0.0/8, 192.168.1.7",
         REDIS_URL: "redis://:pw@redis:6379",
         ADMIN_TOKEN: "t0k3n"
@@ -40,6 +41,7 @@ describe("GatewayConfig", () => {
       assert.strictEqual(config.auth.usersFile, "/srv/gw/users.json")
       assert.strictEqual(Option.getOrThrow(config.auth.url).href, "https://auth.example.com/verify")
       assert.isTrue(Duration.equals(config.delivery.attemptTimeout, Duration.seconds(2)))
+      assert.isTrue(Duration.equals(config.delivery.baseDelay, Duration.seconds(1)))
       assert.deepStrictEqual(config.limits.allowlistCidrs, ["10.0.0.0/8", "192.168.1.7"])
       assert.strictEqual(Redacted.value(Option.getOrThrow(config.redisUrl)), "redis://:pw@redis:6379")
       assert.strictEqual(String(Option.getOrThrow(config.adminToken)), "<redacted>")

@@ -74,5 +74,33 @@ export const Replies = {
   /** Some recipients were refused for good after others were accepted (design.md §2). */
   acceptedPartially: (gatewayId: string, refused: ReadonlyArray<string>) =>
     reply(250, "2.0.0", `Ok: queued as ${gatewayId}; refused by the email API: ${refused.join(", ")}`),
-  internalError: reply(451, "4.3.0", "Internal error, try again later")
+  internalError: reply(451, "4.3.0", "Internal error, try again later"),
+
+  // ---- abuse protection and protocol hardening (issue 4) ----
+  /** MAX_MESSAGES_PER_SESSION transactions on one connection: the client reconnects to go on. */
+  tooManyMessages: reply(421, "4.7.0", "Too many messages in one session, reconnect to send more"),
+  /** SESSION_MAX_LIFETIME reached. */
+  sessionExpired: reply(421, "4.4.2", "Session lifetime exceeded, closing connection"),
+  /** Fewer than DATA_MIN_RATE bytes per second during DATA. */
+  dataTooSlow: reply(421, "4.4.2", "Data rate too low, closing connection"),
+  /** A command sent before the greeting (pregreet talker). */
+  talkedTooSoon: reply(421, "4.7.0", "Command sent before the greeting, closing connection"),
+  /** An HTTP request line on the SMTP port (cross-protocol attack). */
+  httpRefused: reply(421, "4.7.0", "HTTP requests are not accepted here, closing connection"),
+  /** A command line over the limit (RFC 4954 allows 12288 octets for AUTH). */
+  lineTooLong: reply(421, "4.5.2", "Line too long, closing connection"),
+  /** Too many unknown, invalid or unauthenticated commands on one connection. */
+  tooManyErrors: reply(421, "4.7.0", "Too many errors, closing connection"),
+  /** A command out of sequence: STARTTLS twice, AUTH twice, AUTH inside a transaction (RFC 5321, RFC 4954). */
+  badSequence: (text: string) => reply(503, "5.5.1", text),
+  /** RFC 4954 §4: a response that is not base64 (`501 5.5.2`). */
+  authMalformed: reply(501, "5.5.2", "Cannot decode the base64 response"),
+  /** RFC 4954 §4: the client cancelled the exchange with `*` (`501 5.7.0`). */
+  authCancelled: reply(501, "5.7.0", "Authentication cancelled"),
+  /** RFC 3463 X.1.2 (bad destination system): an address literal as recipient. */
+  recipientAddressLiteral: reply(550, "5.1.2", "Address literals are not accepted as recipients"),
+  /** RFC 3463 X.1.2 (bad destination system): localhost or a single-label local name. */
+  recipientLocalDomain: reply(550, "5.1.2", "Local domains are not accepted as recipients"),
+  /** RFC 3463 X.1.3 (bad destination mailbox address syntax): %-hack or UUCP bang path routing. */
+  recipientRouting: reply(550, "5.1.3", "Routing characters (% or !) are not accepted in recipients")
 } as const

@@ -1,106 +1,145 @@
 /**
  * Parser: mailparser behind an Effect. ReceivedMessage bytes in, ParsedMessage out; an unparseable
- * message is a MessageRejected (554 5.6.0). The only module that imports mailparser. It reads; it
- * decides nothing about what a message may contain (message/Validator.ts does).
+ * message, or one over a MIME limit (message/MimeLimits.ts), is a MessageRejected (554 5.6.0).
+ * mailparser runs in a pool of worker threads (message/ParseWorker.ts, the only other module that
+ * imports it) under a deadline: a hostile message costs a worker, which is replaced, never the event
+ * loop. It reads; it decides nothing about what a message may contain (message/Validator.ts does).
  */
-import { Context, DateTime, Duration, Effect, Layer, Predicate, Result } from "effect"
-import {
-  type AddressObject,
-  type AttachmentStream,
-  type EmailAddress,
-  type HeaderValue,
-  type Headers,
-  MailParser
-} from "mailparser"
+import { createRequire } from "node:module"
+import * as os from "node:os"
+import * as path from "node:path"
+import { pathToFileURL } from "node:url"
+import { Worker } from "node:worker_threads"
+import { Context, DateTime, Duration, Effect, Layer, Predicate, Result, Semaphore } from "effect"
+import type { AddressObject, EmailAddress, HeaderValue } from "mailparser"
+import { GatewayConfig } from "../Config.ts"
 import { MessageRejected } from "../domain/Errors.ts"
-import type { AddressRef, ParsedAttachment, ParsedMessage, ReceivedMessage } from "../domain/Message.ts"
+import type { AddressRef, ParsedMessage, ReceivedMessage } from "../domain/Message.ts"
+import type { MimeLimitOptions } from "./MimeLimits.ts"
+import { type ParseOutcome, type ParseResult, workerRole } from "./ParseWorker.ts"
 import { type RawField, splitHeaderSection } from "./Transform.ts"
 
 const unparseable = () => new MessageRejected({ reason: "the message could not be parsed" })
+const notInTime = () => new MessageRejected({ reason: "the message could not be parsed in time" })
 
-/** What one run of mailparser over a message yields. */
-interface MailParts {
-  readonly headers: Headers
-  readonly text: string | null
-  readonly html: string | null
-  readonly attachments: ReadonlyArray<ParsedAttachment>
-}
+/** Runs one message through a parse worker (MIME limits, then mailparser) within a deadline. */
+type RunMailParser = (
+  bytes: Uint8Array,
+  limits: MimeLimitOptions | undefined
+) => Effect.Effect<ParseOutcome | { readonly _tag: "TimedOut" }>
 
-const isAttachment = (u: unknown): u is AttachmentStream => Predicate.hasProperty(u, "type") && u.type === "attachment"
-const isText = (u: unknown): u is { readonly type: "text"; readonly text?: unknown; readonly html?: unknown } =>
-  Predicate.hasProperty(u, "type") && u.type === "text"
-
-const toAttachment = (data: AttachmentStream, content: Uint8Array): ParsedAttachment => {
-  const contentId = Predicate.isString(data.cid) && data.cid !== "" ? data.cid : null
-  const inline = data.related === true || data.contentDisposition === "inline"
+/**
+ * The worker's entry. Built (dist/*.js) it is ParseWorker.js. Run from sources (vitest, tsx) it is
+ * ParseWorker.ts, which a worker can only load after registering tsx's loader itself (on Node 20 a
+ * worker does not inherit `--import tsx`); tsx is a dev dependency, needed only then.
+ */
+const workerEntry = (): { readonly code: string | URL; readonly eval: boolean } => {
+  if (!import.meta.url.endsWith(".ts")) return { code: new URL("./ParseWorker.js", import.meta.url), eval: false }
+  const tsxDir = path.dirname(createRequire(import.meta.url).resolve("tsx/package.json"))
+  const tsxApi = pathToFileURL(path.join(tsxDir, "dist/esm/api/index.mjs")).href
+  const source = new URL("./ParseWorker.ts", import.meta.url).href
   return {
-    filename: Predicate.isString(data.filename) && data.filename !== "" ? data.filename : null,
-    contentType: data.contentType,
-    size: content.length,
-    contentId,
-    disposition: inline && contentId !== null ? "inline" : "attachment",
-    content
+    code: `import(${JSON.stringify(tsxApi)}).then((tsx) => { tsx.register(); return import(${JSON.stringify(source)}) })` +
+      `.catch((error) => { console.error(error); process.exit(1) })`,
+    eval: true
   }
 }
 
-/** Runs mailparser's streaming MailParser over `bytes`; the first error of any stream rejects the message. */
-const runMailParser = (bytes: Uint8Array): Effect.Effect<MailParts, MessageRejected> =>
-  Effect.callback<MailParts, MessageRejected>((resume) => {
-    const parser = new MailParser({ skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true })
-    let settled = false
-    let headers: Headers = new Map()
-    let text: string | null = null
-    let html: string | null = null
-    const attachments: Array<ParsedAttachment> = []
-    const fail = () => {
-      if (settled) return
-      settled = true
-      parser.destroy()
-      resume(Effect.fail(unparseable()))
-    }
+interface PoolWorker {
+  readonly worker: Worker
+  /** Resolves true once the worker listens for jobs, false if it died first. */
+  readonly ready: Promise<boolean>
+}
 
-    // Pull objects off the parser; an attachment's content is read to its end (and released)
-    // before the next object, as mailparser requires.
-    let reading = false
-    const read = (): void => {
-      reading = true
-      for (let data: unknown = parser.read(); data !== null; data = parser.read()) {
-        if (isText(data)) {
-          if (Predicate.isString(data.text) && data.text !== "") text = data.text
-          if (Predicate.isString(data.html) && data.html !== "") html = data.html
-        } else if (isAttachment(data)) {
-          const attachment = data
-          const chunks: Array<Buffer> = []
-          attachment.content.on("data", (chunk: Buffer) => chunks.push(chunk))
-          attachment.content.once("error", fail)
-          attachment.content.once("end", () => {
-            attachments.push(toAttachment(attachment, new Uint8Array(Buffer.concat(chunks))))
-            attachment.release()
-            read()
-          })
-          return
+/**
+ * A pool of at most `size` parse workers. One job per worker at a time; the deadline runs from the
+ * moment a started worker has the job (a worker's start-up is not the message's fault). A job past
+ * its deadline, or a worker that fails, takes its worker down and a fresh one starts at once.
+ * Closing the scope terminates them all.
+ */
+const makeWorkerPool = (size: number, deadline: Duration.Input) =>
+  Effect.gen(function*() {
+    const permits = yield* Semaphore.make(size)
+    const idle: Array<PoolWorker> = []
+    const all = new Set<Worker>()
+    let closed = false
+    let nextId = 0
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        closed = true
+        for (const worker of all) void worker.terminate()
+        all.clear()
+        idle.length = 0
+      })
+    )
+
+    const entry = workerEntry()
+    const spawn = (): PoolWorker => {
+      const worker = new Worker(entry.code, { eval: entry.eval, workerData: { role: workerRole } })
+      worker.unref()
+      all.add(worker)
+      const ready = new Promise<boolean>((resolve) => {
+        const onMessage = (message: unknown) => {
+          if (!Predicate.hasProperty(message, "ready")) return
+          worker.off("message", onMessage)
+          resolve(true)
         }
-      }
-      reading = false
+        worker.on("message", onMessage)
+        worker.once("exit", () => resolve(false))
+      })
+      return { worker, ready }
+    }
+    const retire = (worker: Worker) => {
+      all.delete(worker)
+      void worker.terminate()
+      if (!closed && idle.length === 0) idle.push(spawn()) // warm again for the next message
     }
 
-    parser.on("headers", (parsed: Headers) => {
-      headers = parsed
-    })
-    parser.on("readable", () => {
-      if (!reading) read()
-    })
-    parser.once("error", fail)
-    parser.once("end", () => {
-      if (settled) return
-      settled = true
-      resume(Effect.succeed({ headers, text, html, attachments }))
-    })
-    parser.end(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength))
-    return Effect.sync(() => {
-      settled = true
-      parser.destroy()
-    })
+    const runOn = ({ worker }: PoolWorker, bytes: Uint8Array, limits: MimeLimitOptions | undefined) =>
+      Effect.callback<ParseOutcome>((resume) => {
+        const id = nextId++
+        const cleanup = () => {
+          worker.off("message", onMessage)
+          worker.off("error", onFailure)
+          worker.off("exit", onFailure)
+        }
+        const onMessage = (result: ParseResult) => {
+          if (result.id !== id) return
+          cleanup()
+          idle.push({ worker, ready: Promise.resolve(true) })
+          resume(Effect.succeed(result.outcome))
+        }
+        const onFailure = () => {
+          cleanup()
+          retire(worker)
+          resume(Effect.succeed({ _tag: "Unparseable" }))
+        }
+        worker.on("message", onMessage)
+        worker.once("error", onFailure)
+        worker.once("exit", onFailure)
+        worker.postMessage({ id, bytes, limits })
+        // interrupted (deadline, shutdown): the parse may never end, so the worker goes
+        return Effect.sync(() => {
+          cleanup()
+          retire(worker)
+        })
+      })
+
+    const job = (bytes: Uint8Array, limits: MimeLimitOptions | undefined) =>
+      Effect.gen(function*() {
+        const pooled = idle.pop() ?? spawn()
+        if (!(yield* Effect.promise(() => pooled.ready))) {
+          retire(pooled.worker)
+          return { _tag: "Unparseable" } as const
+        }
+        return yield* runOn(pooled, bytes, limits).pipe(
+          Effect.timeoutOrElse({ duration: deadline, orElse: () => Effect.succeed({ _tag: "TimedOut" } as const) })
+        )
+      })
+
+    idle.push(spawn()) // warm: the first message does not wait for a worker to start
+    const run: RunMailParser = (bytes, limits) => Semaphore.withPermit(permits, job(bytes, limits))
+    return run
   })
 
 const isAddressObject = (u: unknown): u is AddressObject => Predicate.hasProperty(u, "value") && Array.isArray(u.value)
@@ -140,28 +179,37 @@ const TO = new Uint8Array([0x54, 0x6f, 0x3a]) // "To:"
  * Every address of several From fields. mailparser keeps only the last From, so the fields are
  * parsed again as To fields (which it keeps, all of them) of a message that is only a header section.
  */
-const allFromAddresses = Effect.fnUntraced(function*(fields: ReadonlyArray<RawField>) {
+const allFromAddresses = Effect.fnUntraced(function*(runMailParser: RunMailParser, fields: ReadonlyArray<RawField>) {
   const parts = fields.flatMap((field) => {
     const value = field.raw.subarray(field.raw.indexOf(0x3a) + 1)
     return [TO, value, ...(value[value.length - 1] === 0x0a ? [] : [CRLF])]
   })
-  const mail = yield* runMailParser(Buffer.concat([...parts, CRLF]))
-  return addressesOf(mail.headers.get("to"))
+  const outcome = yield* runMailParser(Buffer.concat([...parts, CRLF]), undefined)
+  if (outcome._tag === "TimedOut") return yield* notInTime()
+  if (outcome._tag !== "Parsed") return yield* unparseable()
+  return addressesOf(outcome.parts.headers.get("to"))
 })
 
-const makeParse = (timeout: Duration.Input) =>
-  Effect.fn("Parser.parse")(
+const makeParse = (runMailParser: RunMailParser, limits: MimeLimitOptions) =>
+  Effect.fn("message.parse")(
     function*(message: ReceivedMessage): Effect.fn.Return<ParsedMessage, MessageRejected> {
+      // limits and mailparser first (in a worker), so the header section read here is bounded
+      const outcome = yield* runMailParser(message.raw, limits)
+      if (outcome._tag === "Refused") return yield* new MessageRejected({ reason: outcome.reason })
+      if (outcome._tag === "TimedOut") return yield* notInTime()
       const section = splitHeaderSection(message.raw)
       if (Result.isFailure(section)) return yield* new MessageRejected({ reason: section.failure })
+      if (outcome._tag === "Unparseable") return yield* unparseable()
+      const mail = outcome.parts
       const fields = section.success.fields
-      const mail = yield* runMailParser(message.raw)
       const fromFields = fields.filter(named("from"))
       const dateField = fields.find(named("date"))
       return {
         messageId: stringOf(mail.headers.get("message-id")),
         date: dateField === undefined ? null : isoDate(dateField.value),
-        from: fromFields.length > 1 ? yield* allFromAddresses(fromFields) : addressesOf(mail.headers.get("from")),
+        from: fromFields.length > 1
+          ? yield* allFromAddresses(runMailParser, fromFields)
+          : addressesOf(mail.headers.get("from")),
         replyTo: addressesOf(mail.headers.get("reply-to")),
         to: addressesOf(mail.headers.get("to")),
         cc: addressesOf(mail.headers.get("cc")),
@@ -173,19 +221,44 @@ const makeParse = (timeout: Duration.Input) =>
         inReplyTo: stringOf(mail.headers.get("in-reply-to")),
         references: stringsOf(mail.headers.get("references"))
       }
-    },
-    Effect.timeoutOrElse({
-      duration: timeout,
-      orElse: () => Effect.fail(new MessageRejected({ reason: "the message could not be parsed in time" }))
-    })
+    }
   )
+
+/** The MIME limits of design.md §4 at their defaults. */
+export const defaultMimeLimits: MimeLimitOptions = {
+  maxParts: 1000,
+  maxDepth: 10,
+  maxHeaderBytes: 131_072,
+  maxHeaders: 500,
+  maxLineLength: 65_536
+}
+
+/** Parse workers: one per core, at least 2 and at most 8. */
+export const defaultWorkers = Math.min(8, Math.max(2, os.availableParallelism()))
+
+export interface ParserOptions {
+  /** Bounds one parse (from the moment a started worker has it), so no message can hang a session. */
+  readonly timeout: Duration.Input
+  readonly limits?: MimeLimitOptions | undefined
+  readonly workers?: number | undefined
+}
 
 export class Parser extends Context.Service<Parser, {
   readonly parse: (message: ReceivedMessage) => Effect.Effect<ParsedMessage, MessageRejected>
 }>()("smtp-gateway/message/Parser") {
-  /** `timeout` bounds one parse, so no message can hang a session. */
-  static readonly layerWith = (options: { readonly timeout: Duration.Input }) =>
-    Layer.succeed(Parser, Parser.of({ parse: makeParse(options.timeout) }))
+  /** A worker pool for the layer's lifetime. */
+  static readonly layerWith = (options: ParserOptions) =>
+    Layer.effect(
+      Parser,
+      Effect.map(makeWorkerPool(options.workers ?? defaultWorkers, options.timeout), (run) =>
+        Parser.of({ parse: makeParse(run, options.limits ?? defaultMimeLimits) }))
+    )
 
+  /** Default limits and a 10 second deadline. */
   static readonly layer = Parser.layerWith({ timeout: Duration.seconds(10) })
+
+  /** MIME_MAX_* and PARSE_TIMEOUT from GatewayConfig. */
+  static readonly layerConfig: Layer.Layer<Parser, never, GatewayConfig> = Layer.unwrap(
+    Effect.map(GatewayConfig, ({ mime: { parseTimeout, ...limits } }) => Parser.layerWith({ timeout: parseTimeout, limits }))
+  )
 }

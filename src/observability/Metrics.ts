@@ -48,3 +48,7 @@ export const apiKeyCacheSize = Metric.gauge("smtp_api_key_cache_size", {
 export const circuitBreakerState = Metric.gauge("smtp_circuit_breaker_state", {
   description: "Upstream circuit breaker: 0 closed, 1 half-open, 2 open"
 })
+export const bareLineEndings = Metric.counter("smtp_bare_line_endings_total", {
+  description: "Bare CR or LF line endings found in message bodies (each rewritten to CRLF)",
+  incremental: true
+})

@@ -1,7 +1,8 @@
 /**
  * Reads the DATA stream smtp-server hands to onData into a `ReceivedMessage` (bytes, size, SHA-256),
  * keeping at most `limit` bytes: past the limit it drains and discards the rest (memory stays flat
- * whatever the client sends), then fails with MessageTooLarge. It does not parse the message.
+ * whatever the client sends), then fails with MessageTooLarge. Bare CR and bare LF are rewritten to
+ * CRLF on the way in (and counted), so nothing downstream sees them. It does not parse the message.
  */
 import * as crypto from "node:crypto"
 import type { Readable } from "node:stream"
@@ -24,11 +25,73 @@ export interface DataStream extends Readable {
   readonly sizeExceeded?: boolean
 }
 
+const CRLF = Buffer.from("\r\n")
+
+/**
+ * Rewrites bare CR and bare LF to CRLF, chunk by chunk (a CR at the end of a chunk waits for the
+ * next one). `push` gets the output; `bare` counts the line endings rewritten. After the last chunk,
+ * `end()` flushes a trailing CR.
+ */
+export const makeLineEndingNormalizer = (push: (chunk: Buffer) => void) => {
+  let pendingCR = false
+  let bare = 0
+  const write = (chunk: Buffer): void => {
+    let start = 0
+    let i = 0
+    if (pendingCR) {
+      pendingCR = false
+      push(CRLF)
+      if (chunk.length > 0 && chunk[0] === 0x0a) {
+        start = i = 1
+      } else {
+        bare++
+      }
+    }
+    for (; i < chunk.length; i++) {
+      const byte = chunk[i]
+      if (byte === 0x0d) {
+        if (i === chunk.length - 1) {
+          if (i > start) push(chunk.subarray(start, i))
+          pendingCR = true
+          return
+        }
+        if (chunk[i + 1] === 0x0a) {
+          i++ // a proper CRLF
+          continue
+        }
+        if (i > start) push(chunk.subarray(start, i))
+        push(CRLF)
+        bare++
+        start = i + 1
+      } else if (byte === 0x0a) {
+        // a CRLF is skipped above, so this LF has no CR before it
+        if (i > start) push(chunk.subarray(start, i))
+        push(CRLF)
+        bare++
+        start = i + 1
+      }
+    }
+    if (start < chunk.length) push(start === 0 ? chunk : chunk.subarray(start))
+  }
+  const end = (): void => {
+    if (!pendingCR) return
+    pendingCR = false
+    push(CRLF)
+    bare++
+  }
+  return { write, end, bareLineEndings: () => bare }
+}
+
+/** A received message, and how many bare CR or LF it had (rewritten to CRLF in `raw`). */
+export interface NormalizedMessage extends ReceivedMessage {
+  readonly bareLineEndings: number
+}
+
 export const readBody = (
   stream: DataStream,
   limit: number
-): Effect.Effect<ReceivedMessage, MessageTooLarge | BodyInterrupted> =>
-  Effect.callback<ReceivedMessage, MessageTooLarge | BodyInterrupted>((resume) => {
+): Effect.Effect<NormalizedMessage, MessageTooLarge | BodyInterrupted> =>
+  Effect.callback<NormalizedMessage, MessageTooLarge | BodyInterrupted>((resume) => {
     if (stream.destroyed) {
       return resume(Effect.fail(new BodyInterrupted({ detail: "the stream was closed before the message was read" })))
     }
@@ -36,7 +99,7 @@ export const readBody = (
     const hash = crypto.createHash("sha256")
     let size = 0
     let over = false
-    const onData = (chunk: Buffer) => {
+    const normalizer = makeLineEndingNormalizer((chunk) => {
       if (over) return
       if (size + chunk.length > limit) {
         over = true
@@ -46,6 +109,9 @@ export const readBody = (
       size += chunk.length
       chunks.push(chunk)
       hash.update(chunk)
+    })
+    const onData = (chunk: Buffer) => {
+      if (!over) normalizer.write(chunk)
     }
     const cleanup = () => {
       stream.off("data", onData)
@@ -55,9 +121,15 @@ export const readBody = (
     }
     const onEnd = () => {
       cleanup()
+      normalizer.end()
       if (over || stream.sizeExceeded === true) return resume(Effect.fail(new MessageTooLarge({ limit })))
       const raw = Buffer.concat(chunks, size)
-      resume(Effect.succeed({ raw: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength), size, sha256: hash.digest("hex") }))
+      resume(Effect.succeed({
+        raw: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength),
+        size,
+        sha256: hash.digest("hex"),
+        bareLineEndings: normalizer.bareLineEndings()
+      }))
     }
     const onError = (error: Error) => {
       cleanup()

@@ -1,14 +1,16 @@
 /**
- * Certificates: the key and certificate the SMTP listeners present, from TLS_CERT_PATH/TLS_KEY_PATH or
- * else a self-signed pair made once in DATA_DIR/tls and reused; plus the TLS settings every listener
- * uses (TLS 1.2+, Mozilla "intermediate" ciphers, no client renegotiation). It does not listen.
+ * Certificates: the key and certificate the SMTP listeners present, from TLS_CERT_PATH/TLS_KEY_PATH
+ * (watched: renewed files are picked up without a restart) or else a self-signed pair made once in
+ * DATA_DIR/tls and reused; plus the TLS settings every listener uses (TLS 1.2+, Mozilla
+ * "intermediate" ciphers, no client renegotiation; docs/tls.md). It does not listen.
  */
 import * as crypto from "node:crypto"
+import * as fsWatch from "node:fs"
 import * as fs from "node:fs/promises"
 import * as net from "node:net"
 import * as path from "node:path"
 import type * as tls from "node:tls"
-import { Clock, Context, Effect, Layer, Option, Ref, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option, Ref, Schema, type Scope } from "effect"
 import { generate } from "selfsigned"
 import { GatewayConfig } from "../Config.ts"
 
@@ -139,12 +141,67 @@ const selfSigned = Effect.fnUntraced(function*(dir: string, hostname: string) {
   return pair
 })
 
+/** The files are read again this often even without a change notice (a missed inotify event, NFS). */
+export const reloadPollInterval = Duration.seconds(60)
+/** After a change notice, wait this long for the writer to finish (key and certificate are two files). */
+const reloadSettle = Duration.millis(200)
+
+/**
+ * Calls `changed` whenever something happens in one of `dirs` (Kubernetes renews a mounted secret by
+ * swapping the `..data` symlink in the directory, so the directory is watched, not the files), and
+ * every `reloadPollInterval`. Runs until the scope closes.
+ */
+const watchDirectories = (dirs: ReadonlyArray<string>, changed: Effect.Effect<void>) =>
+  Effect.gen(function*() {
+    let pending = false
+    let wake: (() => void) | undefined
+    const notify = () => {
+      pending = true
+      wake?.()
+    }
+    for (const dir of dirs) {
+      yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          try {
+            const watcher = fsWatch.watch(dir, { persistent: false }, notify)
+            watcher.on("error", () => undefined) // the directory went away; the poll goes on
+            return watcher
+          } catch {
+            return undefined // not watchable here: the poll alone
+          }
+        }),
+        (watcher) => Effect.sync(() => watcher?.close())
+      )
+    }
+    const nextNotice = Effect.callback<void>((resume) => {
+      if (pending) return resume(Effect.void)
+      wake = () => resume(Effect.void)
+      return Effect.sync(() => {
+        wake = undefined
+      })
+    })
+    yield* Effect.forkScoped(Effect.forever(
+      Effect.gen(function*() {
+        yield* Effect.raceFirst(nextNotice, Effect.sleep(reloadPollInterval))
+        yield* Effect.sleep(reloadSettle)
+        pending = false
+        yield* changed
+      })
+    ))
+  })
+
 export class Certificates extends Context.Service<Certificates, {
   /** The pair to present now (a reload replaces it). */
   readonly current: Effect.Effect<CertificatePair>
   /** Reads the configured files again (or re-checks the self-signed pair) and makes them current. */
   readonly reload: Effect.Effect<CertificatePair, TlsSetupError>
   readonly source: "files" | "self-signed"
+  /**
+   * Watches TLS_CERT_PATH and TLS_KEY_PATH for the scope's lifetime: when they hold a new, valid pair,
+   * it becomes current and `apply` gets it. A half-written or mismatched pair is logged and skipped
+   * (the next change or poll tries again). Does nothing for a self-signed certificate.
+   */
+  readonly watch: (apply: (pair: CertificatePair) => Effect.Effect<void>) => Effect.Effect<void, never, Scope.Scope>
 }>()("smtp-gateway/smtp/Certificates") {
   static readonly layer = Layer.effect(
     Certificates,
@@ -156,15 +213,42 @@ export class Certificates extends Context.Service<Certificates, {
         onSome: ({ cert, key }) => Effect.tap(readPair(cert, key), (pair) => checkPair(pair, `${cert} / ${key}`))
       })
       const ref = yield* Ref.make(yield* load)
+      const watch = (apply: (pair: CertificatePair) => Effect.Effect<void>) =>
+        Option.match(files, {
+          onNone: () => Effect.void,
+          onSome: ({ cert, key }) =>
+            watchDirectories(
+              [...new Set([path.dirname(path.resolve(cert)), path.dirname(path.resolve(key))])],
+              Effect.gen(function*() {
+                const before = yield* Ref.get(ref)
+                const next = yield* load
+                if (next.cert === before.cert && next.key === before.key) return
+                yield* Ref.set(ref, next)
+                yield* apply(next)
+                yield* Effect.logInfo("TLS certificate reloaded").pipe(
+                  Effect.annotateLogs({ path: cert, valid_to: new crypto.X509Certificate(next.cert).validTo })
+                )
+              }).pipe(
+                Effect.catchTag("TlsSetupError", (error) =>
+                  Effect.logWarning("TLS certificate not reloaded; keeping the current one").pipe(
+                    Effect.annotateLogs({ problem: error.message })
+                  ))
+              )
+            )
+        })
       return Certificates.of({
         current: Ref.get(ref),
         reload: Effect.tap(load, (pair) => Ref.set(ref, pair)),
-        source: Option.isSome(files) ? "files" : "self-signed"
+        source: Option.isSome(files) ? "files" : "self-signed",
+        watch
       })
     })
   )
 
   /** A fixed pair (tests). */
   static readonly layerStatic = (pair: CertificatePair) =>
-    Layer.succeed(Certificates, Certificates.of({ current: Effect.succeed(pair), reload: Effect.succeed(pair), source: "files" }))
+    Layer.succeed(
+      Certificates,
+      Certificates.of({ current: Effect.succeed(pair), reload: Effect.succeed(pair), source: "files", watch: () => Effect.void })
+    )
 }

@@ -13,6 +13,7 @@ import type { SenderRule } from "../../src/domain/Address.ts"
 import { Principal } from "../../src/domain/Principal.ts"
 import { Replies } from "../../src/domain/Reply.ts"
 import { EnvelopePolicy } from "../../src/policy/EnvelopePolicy.ts"
+import { Limits } from "../../src/policy/Limits.ts"
 import { Senders } from "../../src/policy/Senders.ts"
 import { SmtpListener } from "../../src/smtp/Listener.ts"
 import { Certificates } from "../../src/smtp/Tls.ts"
@@ -39,7 +40,8 @@ const testConfig = (overrides: {
     usersFile: path.join(tlsDir, "users.json"),
     url: Option.none(),
     cacheTtl: Duration.minutes(15),
-    failureLimit: 5
+    failureLimit: 1000, // lockouts have their own tests (Hardening.test.ts); here alice must stay welcome
+    failureDelay: Duration.millis(1)
   },
   upstream: { kind: "outbox", outboxDir: path.join(tlsDir, "outbox"), url: Option.none() },
   cakemail: { apiUrl: new URL("https://api.cakemail.dev"), emailType: "transactional" },
@@ -59,14 +61,27 @@ const testConfig = (overrides: {
     rateLimitPerUser: 600,
     allowlistCidrs: [],
     idleTimeout: Duration.seconds(30),
+    tlsHandshakeTimeout: Duration.seconds(10),
+    sessionMaxLifetime: Duration.minutes(30),
+    dataMinRate: 0,
+    dataRateWindow: Duration.seconds(30),
+    maxMessagesPerSession: 100,
     ...overrides.limits
+  },
+  mime: {
+    maxParts: 1000,
+    maxDepth: 10,
+    maxHeaderBytes: 131_072,
+    maxHeaders: 500,
+    maxLineLength: 65_536,
+    parseTimeout: Duration.seconds(10)
   },
   shutdownDrainTimeout: overrides.shutdownDrainTimeout ?? Duration.seconds(5),
   redisUrl: Option.none(),
   trustedProxies: [],
   log: { level: "info", format: "json" },
   otel: { endpoint: Option.none(), serviceName: "smtp-gateway" },
-  capture: { dir: Option.none(), sampleRate: 1, body: "keep" },
+  capture: { dir: Option.none(), sampleRate: 1, body: "keep", users: [], clients: [] },
   adminToken: Option.none()
 })
 
@@ -128,6 +143,7 @@ const gatewayLayer = (config: GatewayConfigShape) =>
     Layer.provideMerge(Readiness.layer),
     Layer.provide(Certificates.layer),
     Layer.provide(EnvelopePolicy.layerNoDeps.pipe(Layer.provide(Senders.layerPrincipal))),
+    Layer.provideMerge(Limits.layerMemory),
     Layer.provide(Layer.mergeAll(AuthenticatorDouble, SubmissionDouble)),
     Layer.provideMerge(Recorder.layer),
     Layer.provide(GatewayConfig.layerWith(config))
@@ -214,7 +230,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
       Effect.gen(function*() {
         const recorder = yield* Recorder
         const before = recorder.verified.length
-        yield* run(`
+        const tls = `
           S: 220 *
           C: EHLO client.test
           S: 250 *
@@ -222,12 +238,17 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
           S: 220 *
           C: EHLO client.test
           S: 250 *
+        `
+        // three failures per connection at most: the third is answered 421 and closes it
+        yield* run(`${tls}
           C: AUTH PLAIN ${plain("alice", "wrong")}
           S: 535 5.7.8 Authentication credentials invalid
           C: AUTH PLAIN ${plain("alice", "")}
           S: 535 5.7.8 Authentication credentials invalid
           C: AUTH PLAIN ${plain("", "secret", "alice")}
-          S: 535 5.7.8 Authentication credentials invalid
+          S: 421 4.7.0 Too many failed authentication attempts, try again later
+        `)
+        yield* run(`${tls}
           C: AUTH PLAIN ${plain("alice", "secret", "bob")}
           S: 535 5.7.8 Authentication credentials invalid
           C: AUTH LOGIN ${b64("alice")}
@@ -289,7 +310,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
         C: MAIL FROM:<alice@example.test>
         S: 250 2.1.0 Sender ok
         C: RCPT TO:<bob@localhost>
-        S: 501 5.1.3 Bad address syntax
+        S: 550 5.1.2 Local domains are not accepted as recipients
         C: RCPT TO:<bob@example.net>
         S: 250 2.1.5 Recipient ok
       `))
@@ -399,7 +420,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
         C: DATA
         S: 250 2.1.0 Sender ok
         S: 250 2.1.5 Recipient ok
-        S: 501 5.1.3 Bad address syntax
+        S: 550 5.1.2 Local domains are not accepted as recipients
         S: 250 2.1.5 Recipient ok
         S: 354 *
         C: Subject: pipelined
@@ -454,7 +475,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
         const client = yield* connect({ port })
         yield* client.sendLine("EHLO early.test")
         const reply = yield* client.readReply
-        assert.strictEqual(reply.last, "421 mx.test You talk too soon")
+        assert.strictEqual(reply.last, "421 4.7.0 Command sent before the greeting, closing connection")
         yield* client.awaitClose
       }))
 

@@ -1,0 +1,82 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Layer, Option } from "effect"
+import { TestClock } from "effect/testing"
+import { GatewayConfig } from "../../src/Config.ts"
+import { makeCidrMatcher } from "../../src/policy/Cidr.ts"
+import { recipientRule } from "../../src/policy/EnvelopePolicy.ts"
+import { authBlockDuration, authFailureWindow, Limits } from "../../src/policy/Limits.ts"
+import { testConfig } from "../smtp/harness.ts"
+
+const limits = (o: Parameters<typeof testConfig>[0] = {}) =>
+  Limits.layerMemory.pipe(Layer.provide(GatewayConfig.layerWith(testConfig(o))))
+
+describe("Limits (memory)", () => {
+  it.effect("refuses the message over RATE_LIMIT_PER_IP until the minute has passed", () =>
+    Effect.gen(function*() {
+      const l = yield* Limits
+      yield* l.consumeMessage("192.0.2.1", "alice")
+      yield* l.consumeMessage("192.0.2.1", "bob")
+      const refused = yield* Effect.flip(l.consumeMessage("192.0.2.1", "carol"))
+      assert.strictEqual(refused.scope, "ip")
+      assert.match(refused.reply.toString(), /^451 4\.7\.1 Rate limit exceeded, try again in \d+ seconds$/)
+      yield* l.consumeMessage("192.0.2.2", "carol") // another address
+      yield* TestClock.adjust("61 seconds")
+      yield* l.consumeMessage("192.0.2.1", "carol")
+    }).pipe(Effect.provide(limits({ limits: { rateLimitPerIp: 2 } }))))
+
+  it.effect("exempts ALLOWLIST_CIDRS from the per-IP rate, not from the per-user rate", () =>
+    Effect.gen(function*() {
+      const l = yield* Limits
+      for (let i = 0; i < 5; i++) yield* l.consumeMessage("10.1.2.3", `user${i}`)
+      yield* l.consumeMessage("10.1.2.3", "alice")
+      yield* l.consumeMessage("10.1.2.3", "alice")
+      assert.strictEqual((yield* Effect.flip(l.consumeMessage("10.1.2.3", "ALICE"))).scope, "user")
+    }).pipe(Effect.provide(limits({ limits: { rateLimitPerIp: 1, rateLimitPerUser: 2, allowlistCidrs: ["10.0.0.0/8"] } }))))
+
+  it.effect("counts AUTH failures over 5 minutes and blocks the pair for an hour", () =>
+    Effect.gen(function*() {
+      const l = yield* Limits
+      assert.isFalse((yield* l.recordAuthFailure("192.0.2.9", "alice")).blocked)
+      yield* TestClock.adjust(Duration.sum(authFailureWindow, Duration.seconds(1))) // the first failure expires
+      assert.isFalse((yield* l.recordAuthFailure("192.0.2.9", "alice")).blocked)
+      assert.isTrue((yield* l.recordAuthFailure("192.0.2.9", "alice")).blocked)
+      assert.strictEqual((yield* Effect.flip(l.checkAuth("192.0.2.9", "alice"))).scope, "pair")
+      yield* l.checkAuth("192.0.2.10", "alice")
+      yield* l.checkAuth("192.0.2.9", "bob")
+      yield* TestClock.adjust(Duration.sum(authBlockDuration, Duration.seconds(1)))
+      yield* l.checkAuth("192.0.2.9", "alice")
+    }).pipe(Effect.provide(limits({ auth: { failureLimit: 2 } }))))
+
+  it.effect("doubles the delay before each 535 of a pair, up to 8 seconds", () =>
+    Effect.gen(function*() {
+      const l = yield* Limits
+      const delays: Array<number> = []
+      for (let i = 0; i < 6; i++) delays.push(Duration.toMillis((yield* l.recordAuthFailure("192.0.2.9", "alice")).delay))
+      assert.deepStrictEqual(delays, [1000, 2000, 4000, 8000, 8000, 8000])
+    }).pipe(Effect.provide(limits({ auth: { failureLimit: 100, failureDelay: Duration.seconds(1) } }))))
+})
+
+describe("recipient rules", () => {
+  it("names the rule a recipient breaks, or none", () => {
+    assert.deepStrictEqual(recipientRule("bob@[192.0.2.1]"), Option.some("address-literal"))
+    assert.deepStrictEqual(recipientRule("bob@192.0.2.1"), Option.some("address-literal"))
+    assert.deepStrictEqual(recipientRule("bob@LocalHost"), Option.some("local-domain"))
+    assert.deepStrictEqual(recipientRule("bob@mail.localhost"), Option.some("local-domain"))
+    assert.deepStrictEqual(recipientRule("a%b@example.net"), Option.some("routing"))
+    assert.deepStrictEqual(recipientRule("host!bob@example.net"), Option.some("routing"))
+    assert.deepStrictEqual(recipientRule("bob@example.net"), Option.none())
+  })
+})
+
+describe("CIDR lists", () => {
+  it("matches addresses, IPv4 and IPv6 subnets, and IPv4-mapped IPv6 peers", () => {
+    const match = makeCidrMatcher(["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"])
+    assert.isTrue(match("10.200.1.1"))
+    assert.isTrue(match("::ffff:10.0.0.1"))
+    assert.isTrue(match("192.0.2.7"))
+    assert.isFalse(match("192.0.2.8"))
+    assert.isTrue(match("2001:db8:1::5"))
+    assert.isFalse(match("2001:db9::1"))
+    assert.isFalse(match("not an address"))
+  })
+})
