@@ -5,13 +5,14 @@
  * that carries its own reply.
  */
 import * as crypto from "node:crypto"
-import { Clock, Context, DateTime, Duration, Effect, Layer, Metric } from "effect"
+import { Clock, Context, DateTime, Duration, Effect, Layer, Metric, Option } from "effect"
 import { GatewayConfig } from "./Config.ts"
-import { Delivery, type DeliveryError } from "./delivery/Delivery.ts"
+import { Authenticator } from "./auth/Authenticator.ts"
+import { Delivery, type DeliveryError, type DeliveryReceipt } from "./delivery/Delivery.ts"
 import type { Envelope, SessionInfo } from "./domain/Envelope.ts"
 import type { MessageRejected, MessageTooLarge, SenderRejected } from "./domain/Errors.ts"
 import type { ReceivedMessage } from "./domain/Message.ts"
-import type { Principal } from "./domain/Principal.ts"
+import type { Credentials, Principal } from "./domain/Principal.ts"
 import { type Reply, Replies } from "./domain/Reply.ts"
 import { Parser } from "./message/Parser.ts"
 import { deliveryRaw, toCanonical } from "./message/Transform.ts"
@@ -22,6 +23,8 @@ import type { SendersUnavailable } from "./policy/Senders.ts"
 export interface SubmissionInput {
   readonly session: SessionInfo
   readonly principal: Principal
+  /** What the client logged in with, to log in again once if the email API refuses an expired token. */
+  readonly credentials: Option.Option<Credentials>
   readonly envelope: Envelope
   readonly message: ReceivedMessage
 }
@@ -33,7 +36,7 @@ export const makeGatewayId = (millis: number): string =>
   millis.toString(36).toUpperCase().padStart(9, "0") + crypto.randomBytes(8).toString("base64url").slice(0, 10).toUpperCase()
     .replace(/[^A-Z0-9]/g, "X")
 
-const forwarded = (result: "accepted" | "partial" | "rejected" | "temporary_failure") =>
+const forwarded = (result: "accepted" | "partial" | "rejected" | "temporary_failure" | "duplicate") =>
   Metric.update(Metric.withAttributes(emailsForwarded, { result }), 1)
 
 export class Submission extends Context.Service<Submission, {
@@ -47,9 +50,32 @@ export class Submission extends Context.Service<Submission, {
       const parser = yield* Parser
       const validator = yield* Validator
       const delivery = yield* Delivery
+      const authenticator = yield* Authenticator
+
+      /**
+       * The email API refused the principal's key (401/403): it leaves the auth cache. A Cakemail token
+       * refused with 401 has expired or been revoked: log in again once with the session's credentials
+       * (a refresh, or the password grant) and deliver again; recipients already accepted are skipped by
+       * the duplicate window. Anything else stays the refusal it was (550 5.7.1).
+       */
+      const onUnauthorized = (
+        error: DeliveryError,
+        principal: Principal,
+        credentials: Option.Option<Credentials>,
+        deliverAs: (principal: Principal) => Effect.Effect<DeliveryReceipt, DeliveryError>
+      ) =>
+        Effect.gen(function*() {
+          yield* authenticator.invalidate(principal)
+          if (error.status !== 401 || principal.backend !== "cakemail" || Option.isNone(credentials)) {
+            return yield* error
+          }
+          const renewed = yield* authenticator.verify(credentials.value).pipe(Effect.mapError(() => error))
+          yield* Effect.logInfo("the email API refused the token; delivering again once with a new one")
+          return yield* deliverAs(renewed)
+        })
 
       const submit = Effect.fn("Submission.submit")(
-        function*({ envelope, message, principal, session }: SubmissionInput) {
+        function*({ credentials, envelope, message, principal, session }: SubmissionInput) {
           const started = yield* Clock.currentTimeMillis
           const parsed = yield* parser.parse(message)
           yield* validator.validate(parsed, principal)
@@ -59,14 +85,36 @@ export class Submission extends Context.Service<Submission, {
           const context = { id, receivedAt, principal, envelope, session, hostname: config.smtp.hostname }
           yield* Effect.annotateCurrentSpan({ "smtp.gateway_id": id, "smtp.message_size": message.size })
 
-          const receipt = yield* delivery.deliver({
+          const request = {
             id,
+            sessionId: session.id,
+            startedAt: started,
+            messageId: parsed.messageId,
             message: toCanonical(parsed, context),
             received: message,
             raw: deliveryRaw(message.raw, context),
             principal,
             recipients: envelope.rcptTo
-          })
+          }
+          const deliverAs = (as: Principal) => delivery.deliver({ ...request, principal: as })
+          const receipt = yield* deliverAs(principal).pipe(
+            Effect.catchIf(
+              (error) => error.kind === "Unauthorized",
+              (error) => onUnauthorized(error, principal, credentials, deliverAs)
+            ),
+            Effect.onInterrupt(() =>
+              Effect.logInfo("the client left before the reply; the delivery goes on").pipe(
+                Effect.annotateLogs({ gateway_id: id })
+              )
+            )
+          )
+          if (receipt.duplicate) {
+            yield* Effect.logInfo("message already delivered: a client retry gets the original answer").pipe(
+              Effect.annotateLogs({ gateway_id: id, original_gateway_id: receipt.gatewayId })
+            )
+            yield* forwarded("duplicate")
+            return Replies.accepted(receipt.gatewayId)
+          }
           if (receipt.refused.length > 0) {
             yield* Effect.logWarning("some recipients were refused by the email API").pipe(
               Effect.annotateLogs({
@@ -83,6 +131,7 @@ export class Submission extends Context.Service<Submission, {
               gateway_id: id,
               size: message.size,
               recipients: envelope.rcptTo.length,
+              skipped_as_duplicates: receipt.skipped,
               upstream_ids: receipt.accepted.map((a) => a.upstreamId).join(",")
             })
           )
@@ -90,9 +139,7 @@ export class Submission extends Context.Service<Submission, {
           return Replies.accepted(id)
         },
         Effect.tapError((error) => forwarded(error.reply.isTemporary ? "temporary_failure" : "rejected")),
-        Effect.timed,
-        Effect.tap(([elapsed]) => Metric.update(processingDuration, Duration.toSeconds(elapsed))),
-        Effect.map(([, reply]) => reply)
+        Effect.trackDuration(processingDuration, Duration.toSeconds)
       )
       return Submission.of({ submit })
     })

@@ -1,21 +1,32 @@
 /**
- * Delivery: hands one accepted message to the Upstream and says what became of every recipient.
- * Per-attempt timeout inside the whole-delivery deadline; fans out per recipient for upstreams that
- * take one recipient per call. It does not talk to any API itself (Upstream does) and keeps no queue.
- * Retries, the circuit breaker and the duplicate window wrap `attempt` (attempt → timeout → retry → breaker).
+ * Delivery: hands one accepted message to the Upstream and says what became of every recipient:
+ * duplicate window ▸ circuit breaker ▸ retry ▸ attempt timeout, inside the delivery deadline, fanned
+ * out per recipient where the upstream takes one per call. Each delivery runs in a fiber of its own, so
+ * a client that disconnects does not cancel it. It talks to no API itself and keeps no queue.
  */
 import * as crypto from "node:crypto"
-import { Context, Duration, Effect, Layer, Metric, Result, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Fiber, FiberSet, Layer, Metric, Result, Schema, Stream } from "effect"
+import { CircuitBreaker, type Redis } from "effect/persistence"
 import { GatewayConfig } from "../Config.ts"
 import type { Mailbox } from "../domain/Address.ts"
 import type { CanonicalMessage, ReceivedMessage } from "../domain/Message.ts"
 import type { Principal } from "../domain/Principal.ts"
 import { Replies } from "../domain/Reply.ts"
-import { apiErrors } from "../observability/Metrics.ts"
+import { apiErrors, circuitBreakerState } from "../observability/Metrics.ts"
+import { DeadLetter } from "./DeadLetter.ts"
+import { type Delivered, DuplicateWindow } from "./DuplicateWindow.ts"
+import { breakerOutcome, maxRetryDelay, retrying, type RetrySettings } from "./RetryPolicy.ts"
 import { apiErrorType, type Outbound, Upstream, type UpstreamAccepted, UpstreamError } from "./Upstream.ts"
 
 export interface DeliveryRequest {
+  /** The gateway id of this submission. */
   readonly id: string
+  /** smtp-server's session id (dead-letter records name it). */
+  readonly sessionId: string
+  /** Clock millis when the final dot arrived: DELIVERY_DEADLINE counts from here. */
+  readonly startedAt: number
+  /** The Message-ID as received; `null` when the message had none, and then nothing is deduplicated. */
+  readonly messageId: string | null
   readonly message: CanonicalMessage
   readonly received: ReceivedMessage
   /** The message as it travels on (Bcc removed, Received added). */
@@ -25,6 +36,15 @@ export interface DeliveryRequest {
 }
 
 export interface DeliveryReceipt {
+  /**
+   * The id for `250 2.0.0 Ok: queued as <id>`: this submission's, or the earlier one's when every
+   * call had been accepted on an earlier try (a client's retry gets the original answer).
+   */
+  readonly gatewayId: string
+  /** True when every call had been accepted on an earlier try: nothing was sent this time. */
+  readonly duplicate: boolean
+  /** Calls answered from the duplicate window instead of being sent again. */
+  readonly skipped: number
   /** Every recipient the upstream accepted, with the upstream's id. */
   readonly accepted: ReadonlyArray<{ readonly recipient: Mailbox; readonly upstreamId: string }>
   /** Recipients refused for good while others were accepted (design.md §2 partial outcome). */
@@ -36,6 +56,8 @@ export class DeliveryError extends Schema.TaggedError<DeliveryError>()("Delivery
   kind: Schema.Literals(["Temporary", "Timeout", "Unavailable", "RateLimited", "Rejected", "TooLarge", "Unauthorized"]),
   /** Short and safe for the client. */
   detail: Schema.String,
+  /** The upstream's HTTP status, when it answered with one (401 and 403 are handled differently). */
+  status: Schema.optional(Schema.Int),
   retryAfterMillis: Schema.optional(Schema.Number)
 }) {
   get reply() {
@@ -61,43 +83,74 @@ export class DeliveryError extends Schema.TaggedError<DeliveryError>()("Delivery
 export const fanOutConcurrency = 10
 
 /**
- * The idempotency key of one upstream call: hex SHA-256 of the principal, the Message-ID, the digest
- * of the message as received and, for per-recipient calls, the recipient. A client's retry of the
- * same message gets the same key; two messages that share a Message-ID do not.
+ * The key of one upstream call, both its `Idempotency-Key` and its duplicate-window key: hex SHA-256
+ * of the principal, the Message-ID (as received; the generated one when there was none, which makes
+ * the key stable across the gateway's own retries only), the digest of the message as received and
+ * the recipients of the call (one for a per-recipient upstream). A client's retry of the same message
+ * gets the same key; two messages that share a Message-ID, or the same bytes sent to other
+ * recipients, do not.
  */
-export const idempotencyKey = (request: DeliveryRequest, recipient?: Mailbox): string =>
+export const idempotencyKey = (request: DeliveryRequest, recipients: ReadonlyArray<Mailbox>): string =>
   crypto.createHash("sha256")
-    .update([request.principal.username, request.message.message_id, request.received.sha256, recipient ?? ""].join("\0"))
+    .update(
+      [
+        request.principal.username,
+        request.messageId ?? request.message.message_id,
+        request.received.sha256,
+        [...recipients].sort().join(",")
+      ].join("\0")
+    )
     .digest("hex")
 
-/** The one mapping from an upstream failure to what the delivery as a whole failed with. */
+/**
+ * The one mapping from an upstream failure to what the delivery failed with. A temporary failure
+ * that carries a Retry-After the gateway did not wait out tells the client how long to wait (451 4.7.1).
+ */
 export const toDeliveryError = (error: UpstreamError): DeliveryError =>
+  error.kind === "Temporary" && error.retryAfterMillis !== undefined
+    ? new DeliveryError({ kind: "RateLimited", detail: error.detail, retryAfterMillis: error.retryAfterMillis })
+    : new DeliveryError({
+      kind: error.kind,
+      detail: error.detail,
+      ...(error.status === undefined ? {} : { status: error.status })
+    })
+
+/** The breaker refused the call without running it: 451 4.3.0 at once. */
+const fromBreaker = (error: CircuitBreaker.CircuitBreakerError): DeliveryError =>
   new DeliveryError({
-    kind: error.kind,
-    detail: error.detail,
-    ...(error.retryAfterMillis === undefined ? {} : { retryAfterMillis: error.retryAfterMillis })
+    kind: "Unavailable",
+    detail: "the email API is failing; calls are paused",
+    ...(error.reason._tag === "CircuitOpen" ? { retryAfterMillis: Duration.toMillis(error.reason.retryAfter) } : {})
   })
 
-type CallResult = Result.Result<UpstreamAccepted, UpstreamError>
+/** One call that ended well: now, or on an earlier try (`previously`). */
+export interface CallAccepted {
+  readonly upstreamId: string
+  readonly previously?: Delivered | undefined
+}
 
 /**
  * What became of the message, given every call and its result: any temporary failure makes the
- * whole delivery temporary (the client retries); otherwise accepted recipients make a receipt
- * naming the refused ones; nothing accepted is a permanent refusal.
+ * whole delivery temporary (the client retries; the longest Retry-After wins, and a plain failure
+ * says more than a timeout); otherwise accepted recipients make a receipt naming the refused ones;
+ * nothing accepted is a permanent refusal.
  */
 export const outcome = (
+  gatewayId: string,
   calls: ReadonlyArray<ReadonlyArray<Mailbox>>,
-  results: ReadonlyArray<CallResult>
+  results: ReadonlyArray<Result.Result<CallAccepted, DeliveryError>>
 ): Result.Result<DeliveryReceipt, DeliveryError> => {
   const accepted: Array<DeliveryReceipt["accepted"][number]> = []
   const refused: Array<DeliveryReceipt["refused"][number]> = []
-  const temporary: Array<UpstreamError> = []
-  const permanent: Array<UpstreamError> = []
+  const previously: Array<Delivered> = []
+  const temporary: Array<DeliveryError> = []
+  const permanent: Array<DeliveryError> = []
   results.forEach((result, i) => {
     const recipients = calls[i] ?? []
     if (Result.isSuccess(result)) {
       for (const recipient of recipients) accepted.push({ recipient, upstreamId: result.success.upstreamId })
-    } else if (result.failure.isTemporary) {
+      if (result.success.previously !== undefined) previously.push(result.success.previously)
+    } else if (result.failure.reply.isTemporary) {
       temporary.push(result.failure)
     } else {
       permanent.push(result.failure)
@@ -105,105 +158,208 @@ export const outcome = (
     }
   })
   if (temporary.length > 0) {
-    // a plain temporary failure says more than a timeout; the longest Retry-After wins
-    const first = temporary.find((e) => e.kind === "Temporary") ?? temporary[0]!
-    const waits = temporary.flatMap((e) => e.retryAfterMillis === undefined ? [] : [e.retryAfterMillis])
-    const error = toDeliveryError(first)
-    return Result.fail(
-      waits.length === 0
-        ? error
-        : new DeliveryError({ kind: error.kind, detail: error.detail, retryAfterMillis: Math.max(...waits) })
-    )
+    const waits = temporary.filter((e) => e.kind === "RateLimited").map((e) => e.retryAfterMillis ?? 0)
+    if (waits.length > 0) {
+      const longest = temporary.find((e) => e.kind === "RateLimited" && e.retryAfterMillis === Math.max(...waits))!
+      return Result.fail(longest)
+    }
+    return Result.fail(temporary.find((e) => e.kind !== "Timeout") ?? temporary[0]!)
   }
   const refusal = permanent[0]
-  if (accepted.length === 0 && refusal !== undefined) return Result.fail(toDeliveryError(refusal))
-  return Result.succeed({ accepted, refused })
+  if (accepted.length === 0 && refusal !== undefined) return Result.fail(refusal)
+  const duplicate = previously.length === results.length && results.length > 0
+  const latest = previously.reduce<Delivered | undefined>((a, b) => a === undefined || b.at > a.at ? b : a, undefined)
+  return Result.succeed({
+    gatewayId: duplicate && latest !== undefined ? latest.gatewayId : gatewayId,
+    duplicate,
+    skipped: previously.length,
+    accepted,
+    refused
+  })
 }
 
-export class Delivery extends Context.Service<Delivery, {
-  readonly deliver: (request: DeliveryRequest) => Effect.Effect<DeliveryReceipt, DeliveryError>
-}>()("smtp-gateway/delivery/Delivery") {
-  static readonly layer: Layer.Layer<Delivery, never, Upstream | GatewayConfig> = Layer.effect(
-    Delivery,
-    Effect.gen(function*() {
-      const upstream = yield* Upstream
-      const { delivery: settings } = yield* GatewayConfig
+/** `smtp_circuit_breaker_state` values. */
+const breakerStateValue = { Closed: 0, HalfOpen: 1, Open: 2 } as const
 
-      /** One call, bounded in time. Retry and the breaker go around this, in that order. */
-      const attempt = (outbound: Outbound): Effect.Effect<UpstreamAccepted, UpstreamError> =>
-        upstream.submit(outbound).pipe(
-          Effect.timeoutOrElse({
-            duration: settings.attemptTimeout,
-            orElse: () =>
-              Metric.update(Metric.withAttributes(apiErrors, { type: "timeout" }), 1).pipe(
-                Effect.andThen(
-                  new UpstreamError({
-                    kind: "Timeout",
-                    detail: `no answer within ${Duration.format(settings.attemptTimeout)}`
-                  })
-                )
-              )
-          })
-        )
+/**
+ * One circuit per upstream name: it opens when at least half of the last calls failed (once at least
+ * 10 are recorded, of the last 20), stays open 30 seconds, then lets one probe through. The memory
+ * store forgets a circuit idle for 60 seconds, so old failures stop counting.
+ */
+export const breakerLayer: Layer.Layer<CircuitBreaker.CircuitBreaker> = CircuitBreaker.layer({
+  tripPolicy: CircuitBreaker.rate({ threshold: 0.5, size: 20, minimumCalls: 10 }),
+  openDuration: "30 seconds"
+}).pipe(Layer.provide(CircuitBreaker.layerStoreMemory({ idleTimeToLive: "60 seconds" })))
 
-      const submit = Effect.fn("delivery.submit")(function*(outbound: Outbound) {
-        yield* Effect.annotateCurrentSpan({
-          "smtp.recipient_count": outbound.recipients.length,
-          "upstream.name": upstream.name
-        })
-        return yield* attempt(outbound).pipe(
-          Effect.tap((accepted) =>
-            Effect.annotateCurrentSpan({ "upstream.id": accepted.upstreamId, "upstream.status": "accepted" })
-          ),
-          Effect.tapError((error) =>
-            Effect.annotateCurrentSpan({ "upstream.status": apiErrorType(error.kind) }).pipe(
-              Effect.andThen(Effect.logWarning("upstream call failed")),
-              Effect.annotateLogs({
-                gateway_id: outbound.id,
-                upstream: upstream.name,
-                kind: error.kind,
-                detail: error.detail,
-                recipient_count: outbound.recipients.length
-              })
+const make = Effect.gen(function*() {
+  const upstream = yield* Upstream
+  const { delivery: settings } = yield* GatewayConfig
+  const window = yield* DuplicateWindow
+  const deadLetter = yield* DeadLetter
+  const breaker = yield* CircuitBreaker.CircuitBreaker
+  const retry: RetrySettings = {
+    maxAttempts: settings.maxAttempts,
+    baseDelay: settings.baseDelay,
+    maxDelay: maxRetryDelay
+  }
+
+  // deliveries run here, not in the caller's fiber: a client that leaves does not cancel them;
+  // at shutdown the ones already started finish (each within its deadline) before the set closes
+  const inFlight = yield* FiberSet.make<DeliveryReceipt, DeliveryError>()
+  yield* Effect.addFinalizer(() => FiberSet.awaitEmpty(inFlight).pipe(Effect.timeoutOption(settings.deadline)))
+
+  yield* Metric.update(circuitBreakerState, breakerStateValue.Closed)
+  yield* breaker.transitions.pipe(
+    Stream.runForEach((transition) =>
+      Metric.update(circuitBreakerState, breakerStateValue[transition.to]).pipe(
+        Effect.andThen(
+          transition.to === "Open"
+            ? Effect.logWarning("circuit breaker opened: calls to the email API are paused").pipe(
+              Effect.annotateLogs({ retry_after: Duration.format(transition.retryAfter) })
+            )
+            : Effect.logInfo(`circuit breaker ${transition.to === "HalfOpen" ? "half-open: probing" : "closed"}`)
+        ),
+        Effect.annotateLogs({ upstream: transition.key, from: transition.from, to: transition.to })
+      )
+    ),
+    Effect.forkScoped({ startImmediately: true })
+  )
+
+  /** One call, bounded in time. */
+  const attempt = (outbound: Outbound): Effect.Effect<UpstreamAccepted, UpstreamError> =>
+    upstream.submit(outbound).pipe(
+      Effect.timeoutOrElse({
+        duration: settings.attemptTimeout,
+        orElse: () =>
+          Metric.update(Metric.withAttributes(apiErrors, { type: "timeout" }), 1).pipe(
+            Effect.andThen(
+              new UpstreamError({ kind: "Timeout", detail: `no answer within ${Duration.format(settings.attemptTimeout)}` })
             )
           )
+      })
+    )
+
+  /** breaker ▸ retry ▸ attempt timeout. */
+  const submit = Effect.fn("delivery.submit")(function*(outbound: Outbound, deadlineAt: number) {
+    yield* Effect.annotateCurrentSpan({
+      "smtp.recipient_count": outbound.recipients.length,
+      "upstream.name": upstream.name
+    })
+    return yield* retrying(attempt(outbound), retry, deadlineAt).pipe(
+      breaker.execute({ key: upstream.name, classify: breakerOutcome }),
+      Effect.tap((accepted) =>
+        Effect.annotateCurrentSpan({ "upstream.id": accepted.upstreamId, "upstream.status": "accepted" })
+      ),
+      Effect.tapError((error) => {
+        const type = error._tag === "UpstreamError" ? apiErrorType(error.kind) : "circuit_open"
+        return Effect.annotateCurrentSpan({ "upstream.status": type }).pipe(
+          Effect.andThen(
+            error._tag === "UpstreamError"
+              ? Effect.logWarning("upstream call failed")
+              : Metric.update(Metric.withAttributes(apiErrors, { type }), 1)
+          ),
+          Effect.annotateLogs({
+            gateway_id: outbound.id,
+            upstream: upstream.name,
+            kind: error._tag === "UpstreamError" ? error.kind : error.reason._tag,
+            detail: error.message,
+            recipient_count: outbound.recipients.length
+          })
+        )
+      }),
+      Effect.mapError((error) => error._tag === "UpstreamError" ? toDeliveryError(error) : fromBreaker(error))
+    )
+  })
+
+  /** duplicate window ▸ submit: a call already accepted is not sent again; one in flight is waited for. */
+  const call = (request: DeliveryRequest, recipients: ReadonlyArray<Mailbox>, deadlineAt: number) => {
+    const key = idempotencyKey(request, recipients)
+    const outbound: Outbound = {
+      id: request.id,
+      message: request.message,
+      received: request.received,
+      raw: request.raw,
+      principal: request.principal,
+      recipients,
+      idempotencyKey: key
+    }
+    if (request.messageId === null) return submit(outbound, deadlineAt)
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        const claim = yield* restore(window.claim(key))
+        if (claim._tag === "Delivered") {
+          return { upstreamId: claim.delivered.upstreamId, previously: claim.delivered } satisfies CallAccepted
+        }
+        // once the upstream said yes, the window records it even if the deadline or shutdown interrupts now
+        return yield* restore(submit(outbound, deadlineAt)).pipe(
+          Effect.tap((accepted) =>
+            Effect.flatMap(Clock.currentTimeMillis, (at) =>
+              claim.complete({ upstreamId: accepted.upstreamId, gatewayId: request.id, at }))
+          ),
+          Effect.onError(() => claim.release)
         )
       })
+    )
+  }
 
-      const deliver = Effect.fn("Delivery.deliver")(
-        function*(request: DeliveryRequest) {
-          yield* Effect.annotateCurrentSpan({
-            "smtp.recipient_count": request.recipients.length,
-            "upstream.name": upstream.name
-          })
-          const calls: ReadonlyArray<ReadonlyArray<Mailbox>> = upstream.perRecipient
-            ? request.recipients.map((recipient) => [recipient])
-            : [request.recipients]
-          const results = yield* Effect.forEach(
-            calls,
-            (recipients) =>
-              Effect.result(submit({
-                id: request.id,
-                message: request.message,
-                received: request.received,
-                raw: request.raw,
-                principal: request.principal,
-                recipients,
-                idempotencyKey: upstream.perRecipient
-                  ? idempotencyKey(request, recipients[0])
-                  : idempotencyKey(request)
-              })),
-            { concurrency: fanOutConcurrency }
-          )
-          return yield* Effect.fromResult(outcome(calls, results))
-        },
+  const run = (request: DeliveryRequest) =>
+    Effect.gen(function*() {
+      const deadlineAt = request.startedAt + Duration.toMillis(settings.deadline)
+      const remaining = deadlineAt - (yield* Clock.currentTimeMillis)
+      const calls: ReadonlyArray<ReadonlyArray<Mailbox>> = upstream.perRecipient
+        ? request.recipients.map((recipient) => [recipient])
+        : [request.recipients]
+      const results = yield* Effect.forEach(
+        calls,
+        (recipients) => Effect.result(call(request, recipients, deadlineAt)),
+        { concurrency: fanOutConcurrency }
+      ).pipe(
         Effect.timeoutOrElse({
-          duration: settings.deadline,
+          duration: Duration.millis(Math.max(0, remaining)),
           orElse: () => Effect.fail(new DeliveryError({ kind: "Timeout", detail: "delivery deadline exceeded" }))
         })
       )
-
-      return Delivery.of({ deliver })
+      const receipt = yield* Effect.fromResult(outcome(request.id, calls, results))
+      for (const { reason, recipient } of receipt.refused) {
+        yield* deadLetter.record({
+          sessionId: request.sessionId,
+          gatewayId: request.id,
+          messageId: request.message.message_id,
+          recipient,
+          reason
+        })
+      }
+      return receipt
     })
+
+  const deliver = Effect.fn("Delivery.deliver")(function*(request: DeliveryRequest) {
+    yield* Effect.annotateCurrentSpan({
+      "smtp.recipient_count": request.recipients.length,
+      "upstream.name": upstream.name
+    })
+    const fiber = yield* FiberSet.run(inFlight, run(request))
+    return yield* Fiber.join(fiber)
+  })
+
+  return Delivery.of({ deliver })
+})
+
+export class Delivery extends Context.Service<Delivery, {
+  /**
+   * Delivers to every recipient, within DELIVERY_DEADLINE of `request.startedAt`. Interrupting the
+   * caller does not cancel the delivery: it completes and its outcome stays in the duplicate window.
+   */
+  readonly deliver: (request: DeliveryRequest) => Effect.Effect<DeliveryReceipt, DeliveryError>
+}>()("smtp-gateway/delivery/Delivery") {
+  /** Every dependency from the context: for tests that choose the window, dead-letter place or breaker. */
+  static readonly layerNoDeps: Layer.Layer<
+    Delivery,
+    never,
+    Upstream | GatewayConfig | DuplicateWindow | DeadLetter | CircuitBreaker.CircuitBreaker
+  > = Layer.effect(Delivery, make)
+
+  /** The window (memory, or Redis when REDIS_URL is set), DATA_DIR/dead-letter and the breaker from config. */
+  static readonly layer: Layer.Layer<Delivery, Redis.RedisError, Upstream | GatewayConfig> = this.layerNoDeps.pipe(
+    Layer.provide([DuplicateWindow.layer, DeadLetter.layer, breakerLayer])
   )
 }

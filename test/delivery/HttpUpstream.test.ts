@@ -12,7 +12,7 @@ import { alice, configLayer, request } from "./fixtures.ts"
 
 const outbound = (principal: Principal = alice): Outbound => {
   const r = request(["bob@example.net", "carol@example.org"], { principal })
-  return { ...r, idempotencyKey: idempotencyKey(r) }
+  return { ...r, idempotencyKey: idempotencyKey(r, r.recipients) }
 }
 
 /** A recording server and an http upstream posting to it, for the test's scope. */

@@ -16,7 +16,7 @@ const tempDir = Effect.acquireRelease(
 
 const outbound = (id = "0ABCDEF12XYZ"): Outbound => {
   const r = request(["bob@example.net", "carol@example.org"], { id })
-  return { ...r, idempotencyKey: idempotencyKey(r) }
+  return { ...r, idempotencyKey: idempotencyKey(r, r.recipients) }
 }
 
 const upstreamAt = (dir: string) =>

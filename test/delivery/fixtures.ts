@@ -11,7 +11,7 @@ import type { CanonicalMessage } from "../../src/domain/Message.ts"
 import { Principal } from "../../src/domain/Principal.ts"
 
 /** The gateway's real configuration loader, over the given variables only. */
-export const configLayer = (env: Readonly<Record<string, string>>) =>
+export const configLayer = (env: Readonly<Record<string, string>> = {}) =>
   GatewayConfig.layer.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
 
 export const mailbox = Schema.decodeUnknownSync(Mailbox)
@@ -54,6 +54,9 @@ export const request = (
   overrides: Partial<DeliveryRequest> = {}
 ): DeliveryRequest => ({
   id: "0ABCDEF12XYZ",
+  sessionId: "session-1",
+  startedAt: 0,
+  messageId: "<m1@example.com>",
   message: canonical(overrides.id ?? "0ABCDEF12XYZ", recipients),
   received: { raw, size: raw.length, sha256: crypto.createHash("sha256").update(raw).digest("hex") },
   raw,

@@ -445,8 +445,7 @@ describe("Cakemail mode end to end", () => {
       assert.strictEqual((yield* fake.requestsTo("emails")).length, 2, "permanent refusals are not retried")
     }))
 
-  // passes once Submission re-authenticates on 401
-  it.live.fails("gets one new token when the API refuses the session's token mid-session, and delivers", () =>
+  it.live("gets one new token when the API refuses the session's token mid-session, and delivers", () =>
     Effect.gen(function*() {
       const { fake, port } = yield* cakemailGateway()
       const transport = yield* Effect.acquireRelease(

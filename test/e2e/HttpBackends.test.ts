@@ -289,8 +289,7 @@ describe("HTTP auth backend and HTTP upstream end to end", () => {
       assert.match(yield* nodemailerSend(port, mail({ from: "Anyone <anyone@EXAMPLE.org>" })), /^250 /, "a @domain rule")
     }))
 
-  // passes once Delivery drops the principal's key from the auth cache on 401 (design.md §5)
-  it.live.fails("answers 550 5.7.1 when the email API refuses the key, and asks the auth API anew next time", () =>
+  it.live("answers 550 5.7.1 when the email API refuses the key, and asks the auth API anew next time", () =>
     Effect.gen(function*() {
       const { authServer, emailServer, port } = yield* httpGateway()
       yield* emailServer.respondWith(() => json(401, { error: "key revoked" }))
