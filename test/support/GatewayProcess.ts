@@ -1,0 +1,152 @@
+/**
+ * The gateway as a real operating-system process: `node --import tsx src/cli.ts serve` (the same entry
+ * point as `bin/smtp-gateway.js`, without a build step), on loopback port 0 in a temporary DATA_DIR
+ * with user `alice`. Tests read its stdout line by line, send it signals and read its exit code.
+ * Test support only.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import * as path from "node:path"
+import { Duration, Effect, Option, Redacted, type Scope } from "effect"
+import { addUser } from "../../src/auth/UsersFile.ts"
+import { alice, tempDir } from "./TestGateway.ts"
+
+const root = path.resolve(import.meta.dirname, "../..")
+
+export interface GatewayProcess {
+  readonly pid: number
+  readonly smtpPort: number
+  readonly httpPort: number
+  readonly dataDir: string
+  /** Every stdout line so far. */
+  readonly stdout: Effect.Effect<ReadonlyArray<string>>
+  /** Everything written on stderr so far. */
+  readonly stderr: Effect.Effect<string>
+  readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
+  /** Waits for the process to exit (up to `timeout`) and gives its exit code. */
+  readonly exitCode: (timeout?: Duration.Input) => Effect.Effect<number, Error>
+  /** Waits until a stdout line satisfies `ready` and returns it. */
+  readonly awaitLine: (ready: (line: string) => boolean, timeout?: Duration.Input) => Effect.Effect<string, Error>
+}
+
+/** The fields of a JSON log line, or `undefined` for any other line. */
+export const parseLogLine = (line: string): Record<string, unknown> | undefined => {
+  try {
+    const value: unknown = JSON.parse(line)
+    return typeof value === "object" && value !== null && !Array.isArray(value)
+      ? value as Record<string, unknown>
+      : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Starts the gateway process for the current scope (SIGKILL on close if it still runs) and waits until
+ * both listeners are up. `env` adds to the test defaults (loopback, port 0, LOG_LEVEL info).
+ */
+export const spawnGateway = (
+  env: Readonly<Record<string, string>> = {}
+): Effect.Effect<GatewayProcess, unknown, Scope.Scope> =>
+  Effect.gen(function*() {
+    const dataDir = yield* tempDir("smtp-gateway-process-")
+    const usersFile = path.join(dataDir, "users.json")
+    yield* addUser(usersFile, {
+      username: alice.username,
+      password: Redacted.make(alice.password),
+      senders: alice.senders,
+      apiKey: Option.some(Redacted.make(alice.apiKey))
+    })
+
+    const lines: Array<string> = []
+    let stderr = ""
+    let partial = ""
+    let exit: number | undefined
+    const waiters = new Set<() => void>()
+    const wake = () => {
+      for (const waiter of waiters) waiter()
+    }
+
+    const child: ChildProcess = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        spawn(process.execPath, ["--import", "tsx", "src/cli.ts", "serve"], {
+          cwd: root,
+          stdio: ["ignore", "pipe", "pipe"],
+          env: {
+            PATH: process.env.PATH ?? "",
+            HOME: process.env.HOME ?? dataDir,
+            SMTP_HOST: "127.0.0.1",
+            SMTP_PORT: "0",
+            HTTP_HOST: "127.0.0.1",
+            HTTP_PORT: "0",
+            SMTP_HOSTNAME: "gateway.test",
+            DATA_DIR: dataDir,
+            LOG_LEVEL: "info",
+            ...env
+          }
+        })
+      ),
+      (child) => Effect.sync(() => void (child.exitCode === null && child.signalCode === null && child.kill("SIGKILL")))
+    )
+    child.stdout?.on("data", (chunk: Buffer) => {
+      const text = partial + chunk.toString("utf8")
+      const parts = text.split("\n")
+      partial = parts.pop() ?? ""
+      lines.push(...parts)
+      wake()
+    })
+    child.stderr?.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString("utf8")
+    })
+    child.on("exit", (code, signal) => {
+      if (partial !== "") lines.push(partial)
+      partial = ""
+      exit = code ?? (signal === null ? -1 : 128)
+      wake()
+    })
+
+    const waitUntil = <A>(ready: () => A | undefined, what: string, timeout: Duration.Input) =>
+      Effect.callback<A, Error>((resume) => {
+        const check = () => {
+          const value = ready()
+          if (value !== undefined) {
+            waiters.delete(check)
+            return resume(Effect.succeed(value))
+          }
+          if (exit !== undefined) {
+            waiters.delete(check)
+            resume(Effect.fail(new Error(`the gateway exited (${exit}) before ${what}; stderr: ${stderr}`)))
+          }
+        }
+        waiters.add(check)
+        check()
+        return Effect.sync(() => void waiters.delete(check))
+      }).pipe(
+        Effect.timeoutOrElse({
+          duration: timeout,
+          orElse: () =>
+            Effect.fail(new Error(`timed out waiting for ${what}; stdout:\n${lines.join("\n")}\nstderr: ${stderr}`))
+        })
+      )
+
+    const awaitLine = (ready: (line: string) => boolean, timeout: Duration.Input = "10 seconds") =>
+      waitUntil(() => lines.find(ready), "a matching stdout line", timeout)
+
+    const portOf = (message: string) =>
+      awaitLine((line) => parseLogLine(line)?.message === message, "60 seconds").pipe(
+        Effect.map((line) => Number(parseLogLine(line)?.port))
+      )
+    const httpPort = yield* portOf("admin HTTP listening")
+    const smtpPort = yield* portOf("SMTP listening")
+
+    return {
+      pid: child.pid ?? 0,
+      smtpPort,
+      httpPort,
+      dataDir,
+      stdout: Effect.sync(() => [...lines]),
+      stderr: Effect.sync(() => stderr),
+      kill: (signal) => Effect.sync(() => void child.kill(signal)),
+      exitCode: (timeout = "20 seconds") => waitUntil(() => exit, "the exit", timeout),
+      awaitLine
+    }
+  })
