@@ -7,6 +7,8 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { Console, Effect, Layer, Option } from "effect"
 import { AdminHttp } from "./admin/AdminHttp.ts"
 import { Readiness } from "./admin/Readiness.ts"
+import { SessionControl } from "./admin/SessionControl.ts"
+import { Recorder } from "./capture/Recorder.ts"
 import { Authenticator } from "./auth/Authenticator.ts"
 import { CakemailSenders, layerCakemailCredentialStore } from "./auth/CakemailAuth.ts"
 import { CredentialStore } from "./auth/CredentialStore.ts"
@@ -23,6 +25,7 @@ import { Validator } from "./message/Validator.ts"
 import * as Logging from "./observability/Logging.ts"
 import { TelemetryLive } from "./observability/Telemetry.ts"
 import { EnvelopePolicy } from "./policy/EnvelopePolicy.ts"
+import { Limits } from "./policy/Limits.ts"
 import { Senders } from "./policy/Senders.ts"
 import { SmtpListener } from "./smtp/Listener.ts"
 import { Certificates } from "./smtp/Tls.ts"
@@ -87,20 +90,26 @@ const UpstreamLive = Layer.unwrap(
 )
 
 /** Everything the SMTP hooks need, provided once. */
+const AuthenticatorLive = Authenticator.layer.pipe(Layer.provide(CredentialStoreLive))
+
 const ServicesLive = Layer.mergeAll(
-  Authenticator.layer.pipe(Layer.provide(CredentialStoreLive)),
   EnvelopePolicy.layerNoDeps,
   Submission.layer.pipe(
-    Layer.provide([Parser.layer, Validator.layerNoDeps, Delivery.layer.pipe(Layer.provide(UpstreamLive))])
+    Layer.provide([Parser.layerConfig, Validator.layerNoDeps, Delivery.layer.pipe(Layer.provide(UpstreamLive))])
   ),
-  Certificates.layer
-).pipe(Layer.provide(SendersLive))
+  Certificates.layer,
+  Recorder.layer
+).pipe(Layer.provideMerge(AuthenticatorLive), Layer.provide(SendersLive), Layer.provideMerge(Limits.layer))
 
-/** The gateway, given a GatewayConfig. The SMTP listener is built last, so it is released (drained) first. */
-export const GatewayNoConfig = SmtpListener.layer.pipe(
+/**
+ * The gateway, given a GatewayConfig. The SMTP listener is built last, so it is released (drained)
+ * first, while the admin HTTP server still answers; the admin API reaches it through SessionControl.
+ */
+export const GatewayNoConfig = SessionControl.attachListener.pipe(
+  Layer.provideMerge(SmtpListener.layer),
   Layer.provideMerge(AdminHttp.layer),
   Layer.provideMerge(ServicesLive),
-  Layer.provideMerge(Readiness.layer),
+  Layer.provideMerge(Layer.merge(Readiness.layer, SessionControl.layer)),
   Layer.provide(UsersFileBootstrap),
   Layer.provide(TelemetryLive),
   Layer.provide(Logging.layer)

@@ -6,6 +6,7 @@ import * as readline from "node:readline"
 import { parseArgs } from "node:util"
 import { Effect, Option, Redacted } from "effect"
 import { addUser } from "./auth/UsersFile.ts"
+import { replayCommand } from "./capture/ReplayCli.ts"
 import { loadGatewayConfig } from "./Config.ts"
 import { serve } from "./main.ts"
 import { version } from "./version.ts"
@@ -17,6 +18,9 @@ Usage:
   smtp-gateway users add <name> [--sender <address or @domain>]... [--api-key <key>]
                                         add or replace a user in the users file (AUTH_USERS_FILE);
                                         the password is read from stdin, or prompted for on a terminal
+  smtp-gateway replay <file>... --target <host:port> [--insecure-tls] [--user <name> --password-stdin]
+                                        replay captured sessions (.smtp) against a gateway and
+                                        show where its replies differ (exit 1 on a difference)
   smtp-gateway --help                   show this help
   smtp-gateway --version                print the version
 `
@@ -82,6 +86,9 @@ const main = async (argv: ReadonlyArray<string>) => {
     case "serve":
       if (rest.length > 0) fail(`serve takes no arguments (got ${rest.join(" ")}); configure it with environment variables`)
       return serve()
+    case "replay":
+      process.exitCode = await replayCommand(rest)
+      return
     case "users":
       if (rest[0] === "add") return usersAdd(rest.slice(1))
       return fail(rest[0] === undefined ? "users needs a subcommand: add" : `unknown users subcommand "${rest[0]}"`)
