@@ -4,13 +4,13 @@
  * on (CAPTURE_DIR), then files each capture under its name with a header line saying what it proves.
  * Run: npx tsx scripts/record-corpus.ts [name...]  (needs python3 and swaks: apt-get install -y swaks)
  */
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Duration, Effect, Schedule } from "effect"
-import nodemailer from "nodemailer"
 import { replay } from "../src/capture/Replay.ts"
 import { corpusEnv, sessionsDir } from "../test/capture/corpus.ts"
+import { runProgram, transport as clientTransport } from "../test/support/Clients.ts"
+import { startTls } from "../test/support/converse.ts"
 import { alice, startGateway, tempDir } from "../test/support/TestGateway.ts"
 
 const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64")
@@ -26,33 +26,7 @@ const fixedBytes = (length: number, seed: number) => {
   return out
 }
 
-const transport = (port: number) =>
-  nodemailer.createTransport({
-    host: "127.0.0.1",
-    port,
-    secure: false,
-    requireTLS: true,
-    name: "nodemailer.test",
-    tls: { rejectUnauthorized: false },
-    auth: { user: alice.username, pass: alice.password }
-  })
-
-const run = (command: string, args: ReadonlyArray<string>) =>
-  Effect.callback<string, Error>((resume) => {
-    execFile(command, [...args], { timeout: 20_000 }, (error, stdout, stderr) =>
-      resume(error ? Effect.fail(new Error(`${command} failed: ${stderr || error.message}`)) : Effect.succeed(stdout)))
-  })
-
-/** Greeting, STARTTLS and EHLO, as a raw client says them. */
-const preamble = (helo: string) => `
-  S: 220 *
-  C: EHLO ${helo}
-  S: 250 *
-  C: STARTTLS
-  S: 220 *
-  C: EHLO ${helo}
-  S: 250 *
-`
+const transport = (port: number) => clientTransport(port, alice, "nodemailer.test")
 const plainLogin = `
   C: AUTH PLAIN ${b64(`\0${alice.username}\0${alice.password}`)}
   S: 235 *
@@ -110,7 +84,7 @@ const scenarios: ReadonlyArray<Scenario> = [
     client: "Python smtplib (STARTTLS, AUTH LOGIN with an initial response)",
     proves: "AUTH LOGIN with the user name on the AUTH line, then the password after 334",
     run: (port) =>
-      run("python3", [
+      runProgram("python3", [
         "-c",
         `
 import smtplib, ssl, sys
@@ -139,7 +113,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
     client: "swaks 20201014 (STARTTLS, AUTH PLAIN, --pipeline)",
     proves: "a pipelining client: MAIL, RCPT and DATA in one write, answered in order",
     run: (port) =>
-      run("swaks", [
+      runProgram("swaks", [
         "--server", "127.0.0.1", "--port", String(port), "--helo", "swaks.test", "--tls", "--pipeline",
         "--auth", "PLAIN", "--auth-user", alice.username, "--auth-password", alice.password,
         "--from", "alice@example.com", "--to", "bob@example.net,carol@example.net",
@@ -153,7 +127,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
     client: "raw socket, as .NET's System.Net.Mail.SmtpClient talks",
     proves: "AUTH LOGIN without an initial response: user name and password each after their 334",
     run: (port) =>
-      replay(`${preamble("DOTNET-PC")}
+      replay(`${startTls("DOTNET-PC")}
         C: AUTH LOGIN
         S: 334 VXNlcm5hbWU6
         C: ${b64(alice.username)}
@@ -186,7 +160,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
     client: "raw socket",
     proves: "RSET drops the transaction begun; the next MAIL starts afresh and two messages go in one session",
     run: (port) =>
-      replay(`${preamble("rset.test")}${plainLogin}
+      replay(`${startTls("rset.test")}${plainLogin}
         C: MAIL FROM:<alice@example.com>
         S: 250 *
         C: RCPT TO:<dropped@example.net>
@@ -228,7 +202,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
     client: "raw socket",
     proves: "a client that leaves in the middle of DATA: nothing is delivered and the gateway carries on",
     run: (port) =>
-      replay(`${preamble("leaver.test")}${plainLogin}
+      replay(`${startTls("leaver.test")}${plainLogin}
         C: MAIL FROM:<alice@example.com>
         S: 250 *
         C: RCPT TO:<bob@example.net>
@@ -247,7 +221,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
     client: "raw socket",
     proves: "MAIL FROM an address the account may not use is refused with 550 5.7.1, and the session goes on",
     run: (port) =>
-      replay(`${preamble("mallory.test")}${plainLogin}
+      replay(`${startTls("mallory.test")}${plainLogin}
         C: MAIL FROM:<ceo@bank.example>
         S: 550 5.7.1 *
         C: RCPT TO:<bob@example.net>
@@ -263,7 +237,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
     client: "raw socket",
     proves: `a body over MAX_MESSAGE_SIZE (${corpusEnv.MAX_MESSAGE_SIZE}) is refused with 552 5.3.4 after the final dot; the body is kept as its digest`,
     run: (port) =>
-      replay(`${preamble("big.test")}${plainLogin}
+      replay(`${startTls("big.test")}${plainLogin}
         C: MAIL FROM:<alice@example.com>
         S: 250 *
         C: RCPT TO:<bob@example.net>

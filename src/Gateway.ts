@@ -114,6 +114,3 @@ export const GatewayNoConfig = SessionControl.attachListener.pipe(
   Layer.provide(TelemetryLive),
   Layer.provide(Logging.layer)
 )
-
-/** The gateway configured from the environment. */
-export const Gateway = GatewayNoConfig.pipe(Layer.provide(GatewayConfig.layer))

@@ -9,6 +9,7 @@ import { HttpClient, HttpClientRequest } from "effect/http"
 import type * as Headers from "effect/http/Headers"
 import { AuthError, BackendUnavailable, InvalidCredentials } from "../auth/CredentialStore.ts"
 import { GatewayConfig } from "../Config.ts"
+import { errorReason, retryAfterMillis } from "../delivery/HttpReply.ts"
 import { UpstreamError } from "../delivery/Upstream.ts"
 import { SendersUnavailable } from "../policy/Senders.ts"
 
@@ -58,22 +59,10 @@ const SubmitAnswer = Schema.Struct({
   data: Schema.Struct({ id: Schema.Union([Schema.String, Schema.Number]), status: Schema.String })
 })
 
-/** FastAPI-style errors: `{detail: "text"}` or `{detail: [{loc, msg, type}]}`. */
-const DetailAnswer = Schema.Struct({
-  detail: Schema.Union([
-    Schema.String,
-    Schema.Array(Schema.Struct({
-      loc: Schema.optionalKey(Schema.Array(Schema.Union([Schema.String, Schema.Number]))),
-      msg: Schema.String
-    }))
-  ])
-})
-
 const decodeToken = Schema.decodeUnknownOption(Schema.fromJsonString(TokenAnswer))
 const decodeChallenge = Schema.decodeUnknownOption(Schema.fromJsonString(ChallengeAnswer))
 const decodeSendersPage = Schema.decodeUnknownOption(Schema.fromJsonString(SendersPageAnswer))
 const decodeSubmit = Schema.decodeUnknownOption(Schema.fromJsonString(SubmitAnswer))
-const decodeDetail = Schema.decodeUnknownOption(Schema.fromJsonString(DetailAnswer))
 
 // ---- what the client hands back -------------------------------------------------------------------
 
@@ -133,35 +122,6 @@ interface Answer {
 }
 
 class CallFailed extends Data.TaggedError("CallFailed")<{ readonly timedOut: boolean; readonly detail: string }> {}
-
-/** Short, single-line, printable: safe in an SMTP reply and a log line. */
-export const shortReason = (text: string, max = 200): string => {
-  const clean = text.replace(/[^\x20-\x7e]+/g, " ").replace(/\s+/g, " ").trim()
-  return clean.length > max ? `${clean.slice(0, max - 3)}...` : clean
-}
-
-/** The reason an error body gives (`detail`), shortened; `fallback` when it gives none. */
-export const detailOf = (body: string, fallback: string): string =>
-  Option.match(decodeDetail(body), {
-    onNone: () => fallback,
-    onSome: ({ detail }) => {
-      if (typeof detail === "string") return shortReason(detail) || fallback
-      const parts = detail.slice(0, 3).map((d) => {
-        const loc = (d.loc ?? []).filter((l) => l !== "body").join(".")
-        return loc === "" ? d.msg : `${loc}: ${d.msg}`
-      })
-      return shortReason(parts.join("; ")) || fallback
-    }
-  })
-
-/** Retry-After (seconds or an HTTP date) in milliseconds from `now`. */
-export const retryAfterMillis = (value: string | undefined, now: number): number | undefined => {
-  if (value === undefined) return undefined
-  const trimmed = value.trim()
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000
-  const at = Date.parse(trimmed)
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now)
-}
 
 const endpoint = (base: URL, path: string): URL =>
   new URL(path, base.href.endsWith("/") ? base : new URL(`${base.href}/`))
@@ -331,7 +291,7 @@ export class CakemailApi extends Context.Service<CakemailApi, {
           }
           return { id: String(submitted.value.data.id), status: submitted.value.data.status }
         }
-        const reason = detailOf(answer.body, `status ${status}`)
+        const reason = errorReason(answer.body, `status ${status}`)
         const retryAfter = retryAfterMillis(answer.headers["retry-after"], yield* Clock.currentTimeMillis)
         const fail = (kind: UpstreamError["kind"], detail: string) =>
           Effect.fail(new UpstreamError({

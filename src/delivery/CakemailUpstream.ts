@@ -6,10 +6,11 @@
  */
 import { Effect, Layer, Option, Result } from "effect"
 import { CakemailSenders } from "../auth/CakemailAuth.ts"
-import { type AttachmentType, CakemailApi, type EmailRequest, shortReason, type TokenRefused } from "../cakemail/CakemailApi.ts"
+import { type AttachmentType, CakemailApi, type EmailRequest, type TokenRefused } from "../cakemail/CakemailApi.ts"
 import { GatewayConfig } from "../Config.ts"
 import type { CanonicalMessage } from "../domain/Message.ts"
 import type { SendersUnavailable } from "../policy/Senders.ts"
+import { shortReason } from "./HttpReply.ts"
 import { type Outbound, Upstream, UpstreamError } from "./Upstream.ts"
 
 export interface CakemailUpstreamOptions {

@@ -3,51 +3,21 @@
  * the principal's bearer key, an Idempotency-Key and `traceparent`; the answer's status becomes an
  * `UpstreamAccepted` or a classified `UpstreamError`. No timeout or retry here: Delivery owns both.
  */
-import { Clock, DateTime, Effect, Layer, Metric, Option, Predicate, Redacted, Schema, Stream } from "effect"
+import { Clock, Effect, Layer, Metric, Option, Redacted, Schema, Stream } from "effect"
 import { HttpClient, HttpClientRequest, type HttpClientResponse } from "effect/http"
 import { ConfigInvalid, GatewayConfig } from "../Config.ts"
 import { CanonicalMessage } from "../domain/Message.ts"
 import { apiErrors, apiLatency } from "../observability/Metrics.ts"
+import { errorReason, retryAfterMillis } from "./HttpReply.ts"
 import { apiErrorType, type Outbound, Upstream, type UpstreamAccepted, UpstreamError } from "./Upstream.ts"
 
 /** More than any id or error document; a larger answer is cut, never buffered whole. */
 export const maxResponseBytes = 64 * 1024
-const maxDetailLength = 200
 
 const encodeCanonical = Schema.encodeSync(CanonicalMessage)
 /** `{ "id": "..." }`; some APIs send a number. */
 const Accepted = Schema.Struct({ id: Schema.Union([Schema.NonEmptyString, Schema.Finite]) })
 const decodeAccepted = Schema.decodeUnknownOption(Schema.fromJsonString(Accepted))
-const decodeJson = Schema.decodeUnknownOption(Schema.fromJsonString(Schema.Unknown))
-
-/** A short, single-line reason from an error answer: its `detail`, `message` or `error` string. */
-export const errorDetail = (status: number, body: string): string => {
-  const json = decodeJson(body)
-  const pick = Option.flatMap(json, (value) => {
-    for (const key of ["detail", "message", "error"] as const) {
-      if (Predicate.hasProperty(value, key) && Predicate.isString(value[key])) {
-        const text = value[key].replace(/[\u0000-\u001f\u007f\s]+/g, " ").trim()
-        if (text !== "") return Option.some(text)
-      }
-    }
-    return Option.none<string>()
-  })
-  return Option.match(pick, {
-    onNone: () => `HTTP ${status}`,
-    onSome: (text) => text.length > maxDetailLength ? text.slice(0, maxDetailLength - 1) + "…" : text
-  })
-}
-
-/** `Retry-After` as delay-seconds or an HTTP date, in milliseconds from `now`. */
-export const retryAfterMillis = (header: string | undefined, now: number): number | undefined => {
-  if (header === undefined) return undefined
-  const value = header.trim()
-  if (/^\d+$/.test(value)) return Number(value) * 1000
-  return Option.match(DateTime.make(value), {
-    onNone: () => undefined,
-    onSome: (date) => Math.max(0, DateTime.toEpochMillis(date) - now)
-  })
-}
 
 /** Reads at most `maxResponseBytes` of the body as text; a body that breaks off reads as what arrived. */
 const readCapped = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
@@ -91,7 +61,7 @@ const classify = (
         ...(kind === "Temporary" && retryAfter !== undefined ? { retryAfterMillis: retryAfter } : {})
       })
     )
-  if (status === 400 || status === 422) return error("Rejected", errorDetail(status, body))
+  if (status === 400 || status === 422) return error("Rejected", errorReason(body, `HTTP ${status}`))
   if (status === 401 || status === 403) return error("Unauthorized", `HTTP ${status}`)
   if (status === 413) return error("TooLarge", `HTTP ${status}`)
   // 429, 5xx, and what the contract does not name (404, 409, 3xx...): the gateway keeps no queue,

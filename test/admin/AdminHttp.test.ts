@@ -1,15 +1,15 @@
 import * as net from "node:net"
 import { NodeHttpClient } from "@effect/platform-node"
 import { assert, describe, it, layer } from "@effect/vitest"
-import { ConfigProvider, Effect, Layer, Metric, References, Schedule } from "effect"
+import { Effect, Layer, Metric, References, Schedule } from "effect"
 import { HttpClient, HttpClientRequest } from "effect/http"
 import { AdminHttp, tokenMatches } from "../../src/admin/AdminHttp.ts"
 import { Readiness } from "../../src/admin/Readiness.ts"
 import { SessionControl, type SessionTarget } from "../../src/admin/SessionControl.ts"
-import { GatewayConfig } from "../../src/Config.ts"
 import { emailsReceived } from "../../src/observability/Metrics.ts"
 import type { SessionSnapshot } from "../../src/smtp/Session.ts"
 import { connect } from "../support/SmtpClient.ts"
+import { configLayer } from "../support/TestConfig.ts"
 import { alice, startGateway } from "../support/TestGateway.ts"
 
 const token = "admin-token-0f9e8d7c6b5a"
@@ -18,8 +18,7 @@ const adminLayer = (env: Record<string, string>) =>
   AdminHttp.layer.pipe(
     Layer.provideMerge(Layer.merge(Readiness.layer, SessionControl.layer)),
     Layer.provide(Layer.succeed(References.MinimumLogLevel, "Error")),
-    Layer.provide(GatewayConfig.layer),
-    Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", ...env } }))),
+    Layer.provide(configLayer({ HTTP_HOST: "127.0.0.1", HTTP_PORT: "0", ...env })),
     Layer.merge(NodeHttpClient.layerNodeHttp)
   )
 

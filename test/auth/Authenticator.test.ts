@@ -1,11 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, ConfigProvider, Effect, Fiber, Layer, Metric, Option, Redacted } from "effect"
+import { Clock, Effect, Fiber, Layer, Metric, Option, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import { Authenticator } from "../../src/auth/Authenticator.ts"
 import { AuthError, BackendUnavailable, CredentialStore, InvalidCredentials } from "../../src/auth/CredentialStore.ts"
-import { GatewayConfig } from "../../src/Config.ts"
 import { Credentials, Principal } from "../../src/domain/Principal.ts"
 import { apiKeyCacheSize } from "../../src/observability/Metrics.ts"
+import { configLayer } from "../support/TestConfig.ts"
 
 const credentials = (username: string, password: string, authzid: Option.Option<string> = Option.none()) =>
   new Credentials({ username, password: Redacted.make(password), authzid, method: "PLAIN" })
@@ -20,9 +20,7 @@ const principal = (username: string, expiresAt: Option.Option<number> = Option.n
     expiresAt
   })
 
-const config = GatewayConfig.layer.pipe(
-  Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { AUTH_CACHE_TTL: "15 minutes" } })))
-)
+const config = configLayer({ AUTH_CACHE_TTL: "15 minutes" })
 
 /**
  * An Authenticator over a counting CredentialStore double: every user's password is `<name>-pw`;

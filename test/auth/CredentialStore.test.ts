@@ -2,12 +2,12 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import { CredentialStore, makeFileStore } from "../../src/auth/CredentialStore.ts"
 import { addUser, hashPassword, writeUsersFile } from "../../src/auth/UsersFile.ts"
-import { GatewayConfig } from "../../src/Config.ts"
 import { Credentials } from "../../src/domain/Principal.ts"
+import { configLayer } from "../support/TestConfig.ts"
 
 const tempDir = Effect.acquireRelease(
   Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "smtp-gateway-store-"))),
@@ -107,9 +107,7 @@ describe("CredentialStore", () => {
     it.effect("reads the path from AUTH_USERS_FILE through layerFile", () =>
       Effect.gen(function*() {
         const file = yield* usersFile
-        const config = GatewayConfig.layer.pipe(
-          Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { AUTH_USERS_FILE: file } })))
-        )
+        const config = configLayer({ AUTH_USERS_FILE: file })
         const principal = yield* CredentialStore.use((store) => store.verify(credentials("bob", "bob-pw"))).pipe(
           Effect.provide(CredentialStore.layerFile.pipe(Layer.provide(config)))
         )

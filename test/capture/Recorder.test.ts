@@ -1,10 +1,11 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Exit, Scope } from "effect"
+import { Effect, Exit, Scope } from "effect"
 import { Recorder } from "../../src/capture/Recorder.ts"
 import { replay } from "../../src/capture/Replay.ts"
-import { loadGatewayConfig } from "../../src/Config.ts"
+import { startTls } from "../support/converse.ts"
+import { loadConfig } from "../support/TestConfig.ts"
 import { alice, startGateway, tempDir } from "../support/TestGateway.ts"
 
 const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64")
@@ -38,15 +39,6 @@ const captured = (env: Readonly<Record<string, string>>, sessions: (port: number
     }))
   })
 
-const preamble = (helo: string) => `
-  S: 220 *
-  C: EHLO ${helo}
-  S: 250 *
-  C: STARTTLS
-  S: 220 *
-  C: EHLO ${helo}
-  S: 250 *
-`
 const send = `
   C: MAIL FROM:<alice@example.com>
   S: 250 *
@@ -79,7 +71,7 @@ describe("Recorder", () => {
           `S: 334 *\nC: ${b64(wrong)}\nS: 535 *\nC: QUIT\nS: 221 *`
       }
       const captures = yield* captured({ AUTH_FAILURE_DELAY: "0 millis" }, (port) =>
-        Effect.forEach(Object.entries(sessions), ([helo, script]) => replay(preamble(helo) + script, { port })))
+        Effect.forEach(Object.entries(sessions), ([helo, script]) => replay(startTls(helo) + script, { port })))
       assert.strictEqual(captures.length, 5)
       const forbidden = [password, wrong, plain, b64(username), ...encodingsOf(password), ...encodingsOf(wrong)]
       for (const capture of captures) {
@@ -114,10 +106,7 @@ describe("Recorder filters", () => {
   const recorderWith = (env: Readonly<Record<string, string>>, dir?: string) =>
     Effect.gen(function*() {
       const captureDir = dir ?? (yield* tempDir("smtp-gateway-capture-"))
-      const config = yield* loadGatewayConfig.pipe(
-        Effect.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env: { ...env, CAPTURE_DIR: captureDir, DATA_DIR: captureDir } })))
-      )
-      return yield* Recorder.make(config)
+      return yield* Recorder.make(loadConfig({ ...env, CAPTURE_DIR: captureDir, DATA_DIR: captureDir }))
     })
 
   it.effect("records only clients in CAPTURE_CLIENTS, and no one at CAPTURE_SAMPLE_RATE=0", () =>

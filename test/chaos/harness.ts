@@ -7,6 +7,7 @@
  */
 import { Effect, Predicate } from "effect"
 import nodemailer from "nodemailer"
+import { transportOptions } from "../support/Clients.ts"
 import { alice } from "../support/TestGateway.ts"
 import type { ChaosCounts, ChaosUpstream, StoredMessage } from "./ChaosUpstream.ts"
 
@@ -123,13 +124,7 @@ const sendAll = async (
     const impatient = index % options.impatientEvery === 0
     const transports = gateways.map((gateway) =>
       nodemailer.createTransport({
-        host: "127.0.0.1",
-        port: gateway.smtpPort,
-        secure: false,
-        requireTLS: true,
-        name: `client-${index}.test`,
-        tls: { rejectUnauthorized: false },
-        auth: { user: alice.username, pass: alice.password, method: "PLAIN" },
+        ...transportOptions(gateway.smtpPort, alice, `client-${index}.test`),
         pool: true,
         maxConnections: 1,
         ...(impatient ? { socketTimeout: options.impatientMillis } : {})

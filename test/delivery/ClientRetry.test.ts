@@ -1,19 +1,12 @@
 import * as fs from "node:fs"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
-import nodemailer from "nodemailer"
+import { transport } from "../support/Clients.ts"
 import { alice, startGateway } from "../support/TestGateway.ts"
 
 const send = (port: number, raw: string) =>
   Effect.promise(() =>
-    nodemailer.createTransport({
-      host: "127.0.0.1",
-      port,
-      secure: false,
-      requireTLS: true,
-      tls: { rejectUnauthorized: false },
-      auth: { user: alice.username, pass: alice.password, method: "PLAIN" }
-    }).sendMail({ envelope: { from: "alice@example.com", to: ["bob@example.net", "carol@example.org"] }, raw })
+    transport(port, alice).sendMail({ envelope: { from: "alice@example.com", to: ["bob@example.net", "carol@example.org"] }, raw })
   ).pipe(Effect.map((info) => info.response))
 
 const message = (messageId: string, body: string) =>

@@ -1,5 +1,4 @@
 import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Tracer } from "effect"
@@ -9,16 +8,13 @@ import { Delivery, DeliveryError, idempotencyKey } from "../../src/delivery/Deli
 import { MemoryUpstream, Upstream, UpstreamError } from "../../src/delivery/Upstream.ts"
 import { Replies } from "../../src/domain/Reply.ts"
 import { circuitBreakerState } from "../../src/observability/Metrics.ts"
-import { configLayer, mailbox, request } from "./fixtures.ts"
+import { configLayer } from "../support/TestConfig.ts"
+import { tempDir } from "../support/TestGateway.ts"
+import { mailbox, request } from "./fixtures.ts"
 
 /** A configuration over `env` with a temporary DATA_DIR (for dead-letter records), removed with the layer. */
 const testConfig = (env: Record<string, string>) =>
-  Layer.unwrap(
-    Effect.acquireRelease(
-      Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "delivery-test-"))),
-      (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
-    ).pipe(Effect.map((dir) => configLayer({ DATA_DIR: dir, ...env })))
-  )
+  Layer.unwrap(Effect.map(tempDir("delivery-test-"), (dir) => configLayer({ DATA_DIR: dir, ...env })))
 
 const withUpstream = (upstream: Layer.Layer<Upstream | MemoryUpstream>) => (env: Record<string, string> = {}) =>
   Delivery.layer.pipe(Layer.provideMerge(upstream), Layer.provideMerge(testConfig(env)))

@@ -8,7 +8,8 @@ import { type Outbound, Upstream } from "../../src/delivery/Upstream.ts"
 import { Principal } from "../../src/domain/Principal.ts"
 import { apiErrors, apiLatency } from "../../src/observability/Metrics.ts"
 import { json, RecordingHttpServer } from "../support/RecordingHttpServer.ts"
-import { alice, configLayer, request } from "./fixtures.ts"
+import { configLayer } from "../support/TestConfig.ts"
+import { alice, request } from "./fixtures.ts"
 
 const outbound = (principal: Principal = alice): Outbound => {
   const r = request(["bob@example.net", "carol@example.org"], { principal })

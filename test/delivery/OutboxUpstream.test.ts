@@ -7,7 +7,8 @@ import { idempotencyKey } from "../../src/delivery/Delivery.ts"
 import * as OutboxUpstream from "../../src/delivery/OutboxUpstream.ts"
 import { type Outbound, Upstream } from "../../src/delivery/Upstream.ts"
 import { CanonicalMessage } from "../../src/domain/Message.ts"
-import { configLayer, request } from "./fixtures.ts"
+import { configLayer } from "../support/TestConfig.ts"
+import { request } from "./fixtures.ts"
 
 const tempDir = Effect.acquireRelease(
   Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "outbox-test-"))),

@@ -1,18 +1,13 @@
 /**
- * Shared values for the delivery tests: a configuration read from a test environment, and a
- * delivery request for a small message. Test data only.
+ * Shared values for the delivery tests: a principal and a delivery request for a small message.
+ * Test data only.
  */
 import * as crypto from "node:crypto"
-import { ConfigProvider, Layer, Option, Redacted, Schema } from "effect"
-import { GatewayConfig } from "../../src/Config.ts"
+import { Option, Redacted, Schema } from "effect"
 import type { DeliveryRequest } from "../../src/delivery/Delivery.ts"
 import { Mailbox } from "../../src/domain/Address.ts"
 import type { CanonicalMessage } from "../../src/domain/Message.ts"
 import { Principal } from "../../src/domain/Principal.ts"
-
-/** The gateway's real configuration loader, over the given variables only. */
-export const configLayer = (env: Readonly<Record<string, string>> = {}) =>
-  GatewayConfig.layer.pipe(Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
 
 export const mailbox = Schema.decodeUnknownSync(Mailbox)
 

@@ -4,32 +4,23 @@
  * loopback; the checks read what the stand-in received (token grants, sender lookups, one
  * `POST /v2/emails` per recipient) and the replies the clients got.
  */
-import { execFile } from "node:child_process"
 import * as crypto from "node:crypto"
-import * as net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Predicate, Schema } from "effect"
+import { Effect, Schema } from "effect"
 import nodemailer from "nodemailer"
+import { clientsAs, closedPort, type MailOptions, replyOf, transportOptions } from "../support/Clients.ts"
 import { type FakeCakemailHandle, type FakeCakemailOptions, FakeCakemail, Faults } from "../support/FakeCakemail.ts"
-import { startGateway } from "../support/TestGateway.ts"
+import { quickEnv, startGateway } from "../support/TestGateway.ts"
 
 /** FakeCakemail's first default account (id 1001): confirmed alice@ (1001-1) and news@ (1001-2), unconfirmed pending@. */
 const alice = { username: "alice@example.test", password: "alice-secret" } as const
 
-/** Short budgets, so failures are quick; limits high enough for 100 sessions from one address. */
+/** Cakemail mode against the stand-in at `apiUrl`, with quick budgets. */
 const cakemailEnv = (apiUrl: string): Record<string, string> => ({
   AUTH_BACKEND: "cakemail",
   UPSTREAM: "cakemail",
   CAKEMAIL_API_URL: apiUrl,
-  UPSTREAM_TIMEOUT: "2 seconds",
-  DELIVERY_DEADLINE: "5 seconds",
-  RETRY_MAX_ATTEMPTS: "2",
-  RETRY_BASE_DELAY: "10 millis",
-  AUTH_FAILURE_DELAY: "1 millis",
-  MAX_CONNECTIONS: "1000",
-  MAX_CONNECTIONS_PER_IP: "1000",
-  RATE_LIMIT_PER_IP: "100000",
-  RATE_LIMIT_PER_USER: "100000"
+  ...quickEnv
 })
 
 /** A FakeCakemail and a gateway pointed at it, for the current scope. */
@@ -40,39 +31,7 @@ const cakemailGateway = (options: { readonly fake?: FakeCakemailOptions; readonl
     return { fake, port: gateway.smtpPort }
   })
 
-// ---- nodemailer -------------------------------------------------------------------------------------
-
-type MailOptions = Parameters<ReturnType<typeof nodemailer.createTransport>["sendMail"]>[0]
-
-const transportOptions = (port: number, user: string, pass: string) => ({
-  host: "127.0.0.1",
-  port,
-  secure: false,
-  requireTLS: true,
-  name: "client.test",
-  tls: { rejectUnauthorized: false },
-  auth: { user, pass, method: "PLAIN" }
-})
-
-/** The reply that ended a nodemailer send: `info.response` when it succeeded, the refusing reply when not. */
-const replyOf = (send: () => Promise<{ readonly response: string }>): Effect.Effect<string> =>
-  Effect.promise(() =>
-    send().then(
-      (info) => info.response,
-      (error: unknown) =>
-        Predicate.hasProperty(error, "response") && Predicate.isString(error.response)
-          ? error.response
-          : `no SMTP reply: ${String(error)}`
-    )
-  )
-
-/** One nodemailer connection per message: STARTTLS, AUTH PLAIN, the message; the final reply. */
-const nodemailerSend = (port: number, mail: MailOptions, user: string = alice.username, pass: string = alice.password) =>
-  replyOf(() => nodemailer.createTransport(transportOptions(port, user, pass)).sendMail(mail))
-
-/** A session that logs in and quits (nodemailer's verify: EHLO, STARTTLS, AUTH); true on 235. */
-const nodemailerLogin = (port: number, user: string = alice.username, pass: string = alice.password) =>
-  Effect.promise(() => nodemailer.createTransport(transportOptions(port, user, pass)).verify())
+const { nodemailerSend, nodemailerLogin, smtplib } = clientsAs(alice)
 
 const plainMail = (overrides: Partial<MailOptions> = {}): MailOptions => ({
   from: "Alice Example <alice@example.test>",
@@ -81,68 +40,6 @@ const plainMail = (overrides: Partial<MailOptions> = {}): MailOptions => ({
   text: "Hello Bob.",
   ...overrides
 })
-
-// ---- Python's smtplib ------------------------------------------------------------------------------
-
-/** Runs one session step by step and prints every reply as JSON, so a refusal is a result, not a crash. */
-const smtplibScript = `
-import json, smtplib, ssl, sys
-from email.message import EmailMessage
-a = json.loads(sys.argv[1])
-out = {}
-def text(code, msg):
-    return f"{code} {msg.decode() if isinstance(msg, bytes) else msg}"
-with smtplib.SMTP("127.0.0.1", a["port"], local_hostname="client.test", timeout=10) as s:
-    s.starttls(context=ssl._create_unverified_context())
-    s.ehlo()
-    s.user, s.password = a["user"], a["password"]
-    mechanism = a.get("mechanism", "PLAIN")
-    try:
-        out["auth"] = text(*s.auth(mechanism, getattr(s, "auth_" + mechanism.lower()), initial_response_ok=True))
-    except smtplib.SMTPAuthenticationError as e:
-        out["auth"] = text(e.smtp_code, e.smtp_error)
-    if out["auth"].startswith("235") and "mail_from" in a:
-        out["mail"] = text(*s.mail(a["mail_from"]))
-        if out["mail"].startswith("250"):
-            out["rcpt"] = [text(*s.rcpt(r)) for r in a["rcpt_to"]]
-            m = EmailMessage()
-            for name, value in a["headers"]:
-                m[name] = value
-            m.set_content(a["text"])
-            try:
-                out["data"] = text(*s.data(m.as_bytes(policy=m.policy.clone(linesep="\\r\\n"))))
-            except smtplib.SMTPDataError as e:
-                out["data"] = text(e.smtp_code, e.smtp_error)
-print(json.dumps(out))
-`
-
-interface SmtplibSession {
-  readonly port: number
-  readonly user?: string
-  readonly password?: string
-  readonly mechanism?: "PLAIN" | "LOGIN"
-  readonly mail_from?: string
-  readonly rcpt_to?: ReadonlyArray<string>
-  readonly headers?: ReadonlyArray<readonly [string, string]>
-  readonly text?: string
-}
-
-const SmtplibReplies = Schema.Struct({
-  auth: Schema.String,
-  mail: Schema.optionalKey(Schema.String),
-  rcpt: Schema.optionalKey(Schema.Array(Schema.String)),
-  data: Schema.optionalKey(Schema.String)
-})
-const decodeSmtplib = Schema.decodeUnknownSync(Schema.fromJsonString(SmtplibReplies))
-
-const smtplib = (session: SmtplibSession) =>
-  Effect.callback<typeof SmtplibReplies.Type, Error>((resume) => {
-    const args = JSON.stringify({ user: alice.username, password: alice.password, ...session })
-    execFile("python3", ["-c", smtplibScript, args], { timeout: 20_000 }, (error, stdout, stderr) => {
-      if (error) resume(Effect.fail(new Error(`smtplib failed: ${stderr || error.message}`)))
-      else resume(Effect.sync(() => decodeSmtplib(stdout.trim())))
-    })
-  })
 
 // ---- what the stand-in received --------------------------------------------------------------------
 
@@ -176,16 +73,6 @@ const tokenForms = (fake: FakeCakemailHandle) =>
 
 const headerValue = (headers: ReadonlyArray<{ readonly name: string; readonly value: string }> | undefined, name: string) =>
   headers?.find((h) => h.name.toLowerCase() === name.toLowerCase())?.value
-
-/** A port nothing listens on (bound, then released). */
-const closedPort = Effect.promise(() =>
-  new Promise<number>((resolve) => {
-    const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-)
 
 const pdf = crypto.randomBytes(12_000)
 const jpeg = crypto.randomBytes(2_000)
@@ -348,7 +235,7 @@ describe("Cakemail mode end to end", () => {
       const { fake, port } = yield* cakemailGateway()
       const first = yield* smtplib({ port, password: "wrong-password" })
       assert.strictEqual(first.auth, "535 5.7.8 Authentication credentials invalid")
-      const second = yield* nodemailerSend(port, plainMail(), alice.username, "wrong-password")
+      const second = yield* nodemailerSend(port, plainMail(), "wrong-password")
       assert.strictEqual(second, "535 5.7.8 Authentication credentials invalid")
       assert.strictEqual((yield* fake.requestsTo("token")).length, 1, "the refusal is cached")
 
@@ -449,7 +336,7 @@ describe("Cakemail mode end to end", () => {
     Effect.gen(function*() {
       const { fake, port } = yield* cakemailGateway()
       const transport = yield* Effect.acquireRelease(
-        Effect.sync(() => nodemailer.createTransport({ ...transportOptions(port, alice.username, alice.password), pool: true, maxConnections: 1 })),
+        Effect.sync(() => nodemailer.createTransport({ ...transportOptions(port, alice, "client.test"), pool: true, maxConnections: 1 })),
         (t) => Effect.sync(() => t.close())
       )
       assert.match(yield* replyOf(() => transport.sendMail(plainMail({ subject: "before" }))), /^250 /)

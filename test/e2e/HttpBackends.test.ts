@@ -4,14 +4,12 @@
  * the generic auth API and the email API (design.md §5). The checks read what both servers received
  * and the replies the clients got.
  */
-import { execFile } from "node:child_process"
-import * as net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Predicate, Schema } from "effect"
-import nodemailer from "nodemailer"
+import { Effect, Schema } from "effect"
 import { CanonicalMessage } from "../../src/domain/Message.ts"
+import { clientsAs, closedPort, type MailOptions } from "../support/Clients.ts"
 import { type CannedResponse, json, type RecordedRequest, RecordingHttpServer } from "../support/RecordingHttpServer.ts"
-import { startGateway } from "../support/TestGateway.ts"
+import { quickEnv, startGateway } from "../support/TestGateway.ts"
 
 const user = { username: "carol", password: "carol-secret-password" } as const
 
@@ -52,49 +50,13 @@ const httpGateway = (auth: (request: RecordedRequest) => CannedResponse = authAp
       AUTH_URL: `${authServer.url}/verify`,
       UPSTREAM: "http",
       UPSTREAM_URL: `${emailServer.url}/v1/messages`,
-      UPSTREAM_TIMEOUT: "2 seconds",
-      DELIVERY_DEADLINE: "5 seconds",
-      RETRY_MAX_ATTEMPTS: "2",
-      RETRY_BASE_DELAY: "10 millis",
-      AUTH_FAILURE_DELAY: "1 millis",
-      MAX_CONNECTIONS: "1000",
-      MAX_CONNECTIONS_PER_IP: "1000",
-      RATE_LIMIT_PER_IP: "100000",
-      RATE_LIMIT_PER_USER: "100000",
+      ...quickEnv,
       ...env
     })
     return { authServer, emailServer, port: gateway.smtpPort }
   })
 
-// ---- nodemailer -------------------------------------------------------------------------------------
-
-type MailOptions = Parameters<ReturnType<typeof nodemailer.createTransport>["sendMail"]>[0]
-
-const transportOptions = (port: number, pass: string) => ({
-  host: "127.0.0.1",
-  port,
-  secure: false,
-  requireTLS: true,
-  name: "client.test",
-  tls: { rejectUnauthorized: false },
-  auth: { user: user.username, pass, method: "PLAIN" }
-})
-
-/** The reply that ended a nodemailer send: `info.response` when it succeeded, the refusing reply when not. */
-const nodemailerSend = (port: number, mail: MailOptions, pass: string = user.password): Effect.Effect<string> =>
-  Effect.promise(() =>
-    nodemailer.createTransport(transportOptions(port, pass)).sendMail(mail).then(
-      (info) => info.response,
-      (error: unknown) =>
-        Predicate.hasProperty(error, "response") && Predicate.isString(error.response)
-          ? error.response
-          : `no SMTP reply: ${String(error)}`
-    )
-  )
-
-/** A session that logs in and quits; true on 235. */
-const nodemailerLogin = (port: number) =>
-  Effect.promise(() => nodemailer.createTransport(transportOptions(port, user.password)).verify())
+const { nodemailerSend, nodemailerLogin, smtplib } = clientsAs(user, "LOGIN")
 
 const mail = (overrides: Partial<MailOptions> = {}): MailOptions => ({
   from: "Carol <carol@example.com>",
@@ -103,70 +65,6 @@ const mail = (overrides: Partial<MailOptions> = {}): MailOptions => ({
   text: "Hello Dan.",
   ...overrides
 })
-
-// ---- Python's smtplib ------------------------------------------------------------------------------
-
-/** One session step by step; every reply printed as JSON, so a refusal is a result, not a crash. */
-const smtplibScript = `
-import json, smtplib, ssl, sys
-from email.message import EmailMessage
-a = json.loads(sys.argv[1])
-out = {}
-def text(code, msg):
-    return f"{code} {msg.decode() if isinstance(msg, bytes) else msg}"
-with smtplib.SMTP("127.0.0.1", a["port"], local_hostname="client.test", timeout=10) as s:
-    s.starttls(context=ssl._create_unverified_context())
-    s.ehlo()
-    s.user, s.password = a["user"], a["password"]
-    try:
-        out["auth"] = text(*s.auth("LOGIN", s.auth_login, initial_response_ok=True))
-    except smtplib.SMTPAuthenticationError as e:
-        out["auth"] = text(e.smtp_code, e.smtp_error)
-    if out["auth"].startswith("235") and "mail_from" in a:
-        out["mail"] = text(*s.mail(a["mail_from"]))
-        if out["mail"].startswith("250"):
-            out["rcpt"] = [text(*s.rcpt(r)) for r in a["rcpt_to"]]
-            m = EmailMessage()
-            for name, value in a["headers"]:
-                m[name] = value
-            m.set_content(a["text"])
-            out["data"] = text(*s.data(m.as_bytes(policy=m.policy.clone(linesep="\\r\\n"))))
-print(json.dumps(out))
-`
-
-const SmtplibReplies = Schema.Struct({
-  auth: Schema.String,
-  mail: Schema.optionalKey(Schema.String),
-  rcpt: Schema.optionalKey(Schema.Array(Schema.String)),
-  data: Schema.optionalKey(Schema.String)
-})
-const decodeSmtplib = Schema.decodeUnknownSync(Schema.fromJsonString(SmtplibReplies))
-
-const smtplib = (session: {
-  readonly port: number
-  readonly password?: string
-  readonly mail_from?: string
-  readonly rcpt_to?: ReadonlyArray<string>
-  readonly headers?: ReadonlyArray<readonly [string, string]>
-  readonly text?: string
-}) =>
-  Effect.callback<typeof SmtplibReplies.Type, Error>((resume) => {
-    const args = JSON.stringify({ user: user.username, password: user.password, ...session })
-    execFile("python3", ["-c", smtplibScript, args], { timeout: 20_000 }, (error, stdout, stderr) => {
-      if (error) resume(Effect.fail(new Error(`smtplib failed: ${stderr || error.message}`)))
-      else resume(Effect.sync(() => decodeSmtplib(stdout.trim())))
-    })
-  })
-
-/** A port nothing listens on (bound, then released). */
-const closedPort = Effect.promise(() =>
-  new Promise<number>((resolve) => {
-    const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-)
 
 const authUnavailable = "454 4.7.0 Temporary authentication failure, try again later"
 const senderNotAllowed = "550 5.7.1 Sender address not allowed for this account"

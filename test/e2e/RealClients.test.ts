@@ -3,14 +3,13 @@
  * STARTTLS + AUTH, and the message that reaches the upstream (the outbox directory, or a real HTTP
  * server standing in for the email API) is checked field by field and attachments byte for byte.
  */
-import { execFile } from "node:child_process"
 import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schema } from "effect"
-import nodemailer from "nodemailer"
 import { CanonicalMessage } from "../../src/domain/Message.ts"
+import { runProgram, transport } from "../support/Clients.ts"
 import { json, RecordingHttpServer } from "../support/RecordingHttpServer.ts"
 import { alice, startGateway } from "../support/TestGateway.ts"
 
@@ -23,14 +22,7 @@ const text = "Report attached.\nCafé au lait, 5 €."
 /** Sends the rich message with nodemailer: STARTTLS, AUTH PLAIN, To + Cc + Bcc, HTML + text, 2 attachments, 1 inline image. */
 const sendWithNodemailer = (port: number) =>
   Effect.promise(() =>
-    nodemailer.createTransport({
-      host: "127.0.0.1",
-      port,
-      secure: false,
-      requireTLS: true,
-      tls: { rejectUnauthorized: false },
-      auth: { user: alice.username, pass: alice.password, method: "PLAIN" }
-    }).sendMail({
+    transport(port, alice).sendMail({
       from: "Alice Example <alice@example.com>",
       to: "Bob <bob@example.net>",
       cc: "carol@example.net",
@@ -114,13 +106,7 @@ with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
     print("sent")
 `
 
-const runSmtplib = (port: number) =>
-  Effect.callback<string, Error>((resume) => {
-    execFile("python3", ["-c", smtplibScript, String(port), alice.username, alice.password], { timeout: 20_000 }, (error, stdout, stderr) => {
-      if (error) resume(Effect.fail(new Error(`smtplib failed: ${stderr || error.message}`)))
-      else resume(Effect.succeed(stdout))
-    })
-  })
+const runSmtplib = (port: number) => runProgram("python3", ["-c", smtplibScript, String(port), alice.username, alice.password])
 
 const outboxMessages = (outboxDir: string) =>
   fs.readdirSync(outboxDir).filter((f) => f.endsWith(".json")).map((f) => ({

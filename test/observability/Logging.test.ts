@@ -1,14 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, ConfigProvider, Effect, Layer, Redacted, Tracer } from "effect"
+import { Cause, Effect, Layer, Redacted, Tracer } from "effect"
 import { TestClock, TestConsole } from "effect/testing"
-import { GatewayConfig } from "../../src/Config.ts"
 import * as Logging from "../../src/observability/Logging.ts"
+import { configLayer } from "../support/TestConfig.ts"
 
 const logging = (env: Record<string, string>) =>
-  Logging.layer.pipe(
-    Layer.provide(GatewayConfig.layer),
-    Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env })))
-  )
+  Logging.layer.pipe(Layer.provide(configLayer(env)))
 
 /** What the logger wrote through the (test) Console, one string per call. */
 const lines = Effect.map(TestConsole.logLines, (all) => all.map(String))

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schedule } from "effect"
-import { converse } from "../support/converse.ts"
+import { converse, startTls } from "../support/converse.ts"
 import { json, RecordingHttpServer } from "../support/RecordingHttpServer.ts"
 import { alice, startGateway } from "../support/TestGateway.ts"
 
@@ -28,14 +28,7 @@ const value = (all: ReadonlyArray<Sample>, name: string, labels: Record<string, 
   return found[0]!.value
 }
 
-const session = (body: string) => `
-  S: 220 *
-  C: EHLO client.example
-  S: 250 *
-  C: STARTTLS
-  S: 220 *
-  C: EHLO client.example
-  S: 250 *
+const session = (body: string) => `${startTls()}
   ${body}
   C: QUIT
   S: 221 *

@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { converse } from "../support/converse.ts"
+import { converse, startTls } from "../support/converse.ts"
 import { parseLogLine, spawnGateway } from "../support/GatewayProcess.ts"
 import { json, RecordingHttpServer } from "../support/RecordingHttpServer.ts"
 import { alice } from "../support/TestGateway.ts"
@@ -16,15 +16,7 @@ const wrongPassword = "Wr0ng-Pa55word-71bf"
 const adminToken = "admin-token-c0ffee-4242"
 const bodySecret = "body-secret-9a8b7c"
 
-const start = `
-  S: 220 *
-  C: EHLO client.example
-  S: 250 *
-  C: STARTTLS
-  S: 220 *
-  C: EHLO client.example
-  S: 250 *
-`
+const start = startTls()
 
 const transaction = `
   C: MAIL FROM:<alice@example.com>

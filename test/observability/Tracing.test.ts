@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
-import { converse } from "../support/converse.ts"
+import { converse, startTls } from "../support/converse.ts"
 import { FakeCakemail } from "../support/FakeCakemail.ts"
 import { json, RecordingHttpServer } from "../support/RecordingHttpServer.ts"
 import { type CollectedSpan, OtlpCollector } from "../support/OtlpCollector.ts"
@@ -43,14 +43,7 @@ describe("Tracing", () => {
       }).pipe(Scope.provide(gatewayScope))
 
       yield* converse(
-        `
-        S: 220 *
-        C: EHLO client.example
-        S: 250 *
-        C: STARTTLS
-        S: 220 *
-        C: EHLO client.example
-        S: 250 *
+        `${startTls()}
         C: AUTH PLAIN ${plain("alice@example.test", "alice-secret")}
         S: 235 2.7.0 *
         C: MAIL FROM:<alice@example.test>
@@ -162,14 +155,7 @@ describe("Tracing", () => {
       const password = "pw-of-the-traced-user-93a"
       const body = "the-body-text-7d2e is private"
       yield* converse(
-        `
-        S: 220 *
-        C: EHLO client.example
-        S: 250 *
-        C: STARTTLS
-        S: 220 *
-        C: EHLO client.example
-        S: 250 *
+        `${startTls()}
         C: AUTH PLAIN ${plain("dora@example.com", password)}
         S: 235 2.7.0 *
         C: MAIL FROM:<dora@example.com>

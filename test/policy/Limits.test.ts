@@ -6,9 +6,10 @@ import { makeCidrMatcher } from "../../src/policy/Cidr.ts"
 import { recipientRule } from "../../src/policy/EnvelopePolicy.ts"
 import { authBlockDuration, authFailureWindow, Limits } from "../../src/policy/Limits.ts"
 import { testConfig } from "../smtp/harness.ts"
+import type { TestEnv } from "../support/TestConfig.ts"
 
-const limits = (o: Parameters<typeof testConfig>[0] = {}) =>
-  Limits.layerMemory.pipe(Layer.provide(GatewayConfig.layerWith(testConfig(o))))
+const limits = (env: TestEnv = {}) =>
+  Limits.layerMemory.pipe(Layer.provide(GatewayConfig.layerWith(testConfig(env))))
 
 describe("Limits (memory)", () => {
   it.effect("refuses the message over RATE_LIMIT_PER_IP until the minute has passed", () =>
@@ -22,7 +23,7 @@ describe("Limits (memory)", () => {
       yield* l.consumeMessage("192.0.2.2", "carol") // another address
       yield* TestClock.adjust("61 seconds")
       yield* l.consumeMessage("192.0.2.1", "carol")
-    }).pipe(Effect.provide(limits({ limits: { rateLimitPerIp: 2 } }))))
+    }).pipe(Effect.provide(limits({ RATE_LIMIT_PER_IP: "2" }))))
 
   it.effect("exempts ALLOWLIST_CIDRS from the per-IP rate, not from the per-user rate", () =>
     Effect.gen(function*() {
@@ -31,7 +32,7 @@ describe("Limits (memory)", () => {
       yield* l.consumeMessage("10.1.2.3", "alice")
       yield* l.consumeMessage("10.1.2.3", "alice")
       assert.strictEqual((yield* Effect.flip(l.consumeMessage("10.1.2.3", "ALICE"))).scope, "user")
-    }).pipe(Effect.provide(limits({ limits: { rateLimitPerIp: 1, rateLimitPerUser: 2, allowlistCidrs: ["10.0.0.0/8"] } }))))
+    }).pipe(Effect.provide(limits({ RATE_LIMIT_PER_IP: "1", RATE_LIMIT_PER_USER: "2", ALLOWLIST_CIDRS: "10.0.0.0/8" }))))
 
   it.effect("counts AUTH failures over 5 minutes and blocks the pair for an hour", () =>
     Effect.gen(function*() {
@@ -45,7 +46,7 @@ describe("Limits (memory)", () => {
       yield* l.checkAuth("192.0.2.9", "bob")
       yield* TestClock.adjust(Duration.sum(authBlockDuration, Duration.seconds(1)))
       yield* l.checkAuth("192.0.2.9", "alice")
-    }).pipe(Effect.provide(limits({ auth: { failureLimit: 2 } }))))
+    }).pipe(Effect.provide(limits({ AUTH_FAILURE_LIMIT: "2" }))))
 
   it.effect("doubles the delay before each 535 of a pair, up to 8 seconds", () =>
     Effect.gen(function*() {
@@ -53,7 +54,7 @@ describe("Limits (memory)", () => {
       const delays: Array<number> = []
       for (let i = 0; i < 6; i++) delays.push(Duration.toMillis((yield* l.recordAuthFailure("192.0.2.9", "alice")).delay))
       assert.deepStrictEqual(delays, [1000, 2000, 4000, 8000, 8000, 8000])
-    }).pipe(Effect.provide(limits({ auth: { failureLimit: 100, failureDelay: Duration.seconds(1) } }))))
+    }).pipe(Effect.provide(limits({ AUTH_FAILURE_LIMIT: "100", AUTH_FAILURE_DELAY: "1 second" }))))
 })
 
 describe("recipient rules", () => {

@@ -1,156 +1,29 @@
 import * as crypto from "node:crypto"
-import * as fs from "node:fs"
-import * as os from "node:os"
-import * as path from "node:path"
 import * as tls from "node:tls"
 import { assert, describe, it, layer } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Redacted, Scope, Tracer } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Scope, Tracer } from "effect"
 import { Readiness } from "../../src/admin/Readiness.ts"
-import { Authenticator } from "../../src/auth/Authenticator.ts"
-import { AuthError, InvalidCredentials } from "../../src/auth/CredentialStore.ts"
-import { GatewayConfig, type GatewayConfigShape } from "../../src/Config.ts"
-import type { SenderRule } from "../../src/domain/Address.ts"
-import { Principal } from "../../src/domain/Principal.ts"
-import { Replies } from "../../src/domain/Reply.ts"
-import { EnvelopePolicy } from "../../src/policy/EnvelopePolicy.ts"
-import { Limits } from "../../src/policy/Limits.ts"
-import { Senders } from "../../src/policy/Senders.ts"
+import type { GatewayConfigShape } from "../../src/Config.ts"
 import { SmtpListener } from "../../src/smtp/Listener.ts"
-import { Certificates } from "../../src/smtp/Tls.ts"
-import { Submission, type SubmissionInput } from "../../src/Submission.ts"
 import { converse } from "../support/converse.ts"
 import { connect, type SmtpClient } from "../support/SmtpClient.ts"
+import type { TestEnv } from "../support/TestConfig.ts"
+import { b64, testConfig as harnessConfig, listenerLayer, plain, Seen } from "./harness.ts"
 
-// ---- test configuration and doubles --------------------------------------------------------------
+// ---- test configuration -------------------------------------------------------------------------
 
-const tlsDir = fs.mkdtempSync(path.join(os.tmpdir(), "smtp-gateway-tls-"))
-
-/** A full configuration with small limits, listening on loopback port 0. */
-const testConfig = (overrides: {
-  readonly smtp?: Partial<GatewayConfigShape["smtp"]>
-  readonly limits?: Partial<GatewayConfigShape["limits"]>
-  readonly shutdownDrainTimeout?: Duration.Duration
-} = {}): GatewayConfigShape => ({
-  smtp: { host: "127.0.0.1", port: 0, smtpsPort: Option.none(), hostname: "mx.test", ...overrides.smtp },
-  http: { host: "127.0.0.1", port: 0 },
-  dataDir: tlsDir,
-  tls: { certPath: Option.none(), keyPath: Option.none(), dir: tlsDir },
-  auth: {
-    backend: "file",
-    usersFile: path.join(tlsDir, "users.json"),
-    url: Option.none(),
-    cacheTtl: Duration.minutes(15),
-    failureLimit: 1000, // lockouts have their own tests (Hardening.test.ts); here alice must stay welcome
-    failureDelay: Duration.millis(1)
-  },
-  upstream: { kind: "outbox", outboxDir: path.join(tlsDir, "outbox"), url: Option.none() },
-  cakemail: { apiUrl: new URL("https://api.cakemail.dev"), emailType: "transactional" },
-  delivery: {
-    deadline: Duration.seconds(30),
-    attemptTimeout: Duration.seconds(10),
-    maxAttempts: 3,
-    baseDelay: Duration.millis(250),
-    dedupeWindow: Duration.hours(24)
-  },
-  limits: {
-    maxMessageSize: 10_000,
-    maxRecipients: 3,
-    maxConnections: 100,
-    maxConnectionsPerIp: 10,
-    rateLimitPerIp: 100,
-    rateLimitPerUser: 600,
-    allowlistCidrs: [],
-    idleTimeout: Duration.seconds(30),
-    tlsHandshakeTimeout: Duration.seconds(10),
-    sessionMaxLifetime: Duration.minutes(30),
-    dataMinRate: 0,
-    dataRateWindow: Duration.seconds(30),
-    maxMessagesPerSession: 100,
-    ...overrides.limits
-  },
-  mime: {
-    maxParts: 1000,
-    maxDepth: 10,
-    maxHeaderBytes: 131_072,
-    maxHeaders: 500,
-    maxLineLength: 65_536,
-    parseTimeout: Duration.seconds(10)
-  },
-  shutdownDrainTimeout: overrides.shutdownDrainTimeout ?? Duration.seconds(5),
-  redisUrl: Option.none(),
-  trustedProxies: [],
-  log: { level: "info", format: "json" },
-  otel: { endpoint: Option.none(), serviceName: "smtp-gateway" },
-  capture: { dir: Option.none(), sampleRate: 1, body: "keep", users: [], clients: [] },
-  adminToken: Option.none()
-})
-
-/** What the doubles saw. */
-class Recorder extends Context.Service<Recorder, {
-  readonly verified: Array<string>
-  readonly submissions: Array<SubmissionInput>
-}>()("test/smtp/Recorder") {
-  static readonly layer = Layer.sync(Recorder, () => ({ verified: [], submissions: [] }))
-}
-
-const alice = new Principal({
-  username: "alice",
-  senders: Option.some(["alice@example.test" as SenderRule]),
-  apiKey: Option.none(),
-  backend: "file",
-  account: Option.none(),
-  expiresAt: Option.none()
-})
-
-/** alice/secret; "crash" is a defect; anyone else is refused. */
-const AuthenticatorDouble = Layer.effect(
-  Authenticator,
-  Effect.gen(function*() {
-    const recorder = yield* Recorder
-    return Authenticator.of({
-      verify: (credentials) =>
-        Effect.suspend(() => {
-          recorder.verified.push(credentials.username)
-          if (credentials.username === "crash") return Effect.die(new Error("the auth double broke"))
-          return credentials.username === "alice" && Redacted.value(credentials.password) === "secret"
-            ? Effect.succeed(alice)
-            : Effect.fail(new AuthError({ reason: new InvalidCredentials({}) }))
-        }),
-      invalidate: () => Effect.void
-    })
+/** The harness's configuration with limits small enough to reach in a script. */
+const testConfig = (env: TestEnv = {}) =>
+  harnessConfig({
+    AUTH_FAILURE_LIMIT: "1000", // lockouts have their own tests (Hardening.test.ts); here alice must stay welcome
+    MAX_MESSAGE_SIZE: "10000",
+    MAX_RECIPIENTS: "3",
+    MAX_CONNECTIONS_PER_IP: "10",
+    RATE_LIMIT_PER_IP: "100",
+    RATE_LIMIT_PER_USER: "600",
+    SHUTDOWN_DRAIN_TIMEOUT: "5 seconds",
+    ...env
   })
-)
-
-/** Records every submission; a recipient `slow@…` takes 300 ms, `hang@…` never answers. */
-const SubmissionDouble = Layer.effect(
-  Submission,
-  Effect.gen(function*() {
-    const recorder = yield* Recorder
-    return Submission.of({
-      submit: (input) =>
-        Effect.gen(function*() {
-          if (input.envelope.rcptTo.some((r) => r.startsWith("hang@"))) return yield* Effect.never
-          if (input.envelope.rcptTo.some((r) => r.startsWith("slow@"))) yield* Effect.sleep("300 millis")
-          recorder.submissions.push(input)
-          return Replies.accepted(`TEST${recorder.submissions.length}`)
-        })
-    })
-  })
-)
-
-const gatewayLayer = (config: GatewayConfigShape) =>
-  SmtpListener.layer.pipe(
-    Layer.provideMerge(Readiness.layer),
-    Layer.provide(Certificates.layer),
-    Layer.provide(EnvelopePolicy.layerNoDeps.pipe(Layer.provide(Senders.layerPrincipal))),
-    Layer.provideMerge(Limits.layerMemory),
-    Layer.provide(Layer.mergeAll(AuthenticatorDouble, SubmissionDouble)),
-    Layer.provideMerge(Recorder.layer),
-    Layer.provide(GatewayConfig.layerWith(config))
-  )
-
-const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64")
-const plain = (user: string, password: string, authzid = "") => b64(`${authzid}\0${user}\0${password}`)
 
 /** Greeting, EHLO, STARTTLS, EHLO, AUTH PLAIN as alice: the preamble of most scripts. */
 const loggedIn = `
@@ -182,7 +55,7 @@ const logIn = (client: SmtpClient) =>
 
 // ---- conversations against one shared listener ---------------------------------------------------
 
-layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { excludeTestServices: true })(
+layer(listenerLayer(testConfig({ SMTPS_PORT: "0" })), { excludeTestServices: true })(
   "SMTP conversations",
   (it) => {
     const run = (script: string) => Effect.flatMap(SmtpListener, ({ port }) => converse(script, { port }))
@@ -228,7 +101,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
 
     it.effect("refuses bad credentials, and empty ones without asking the Authenticator", () =>
       Effect.gen(function*() {
-        const recorder = yield* Recorder
+        const recorder = yield* Seen
         const before = recorder.verified.length
         const tls = `
           S: 220 *
@@ -339,7 +212,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
 
     it.effect("submits a message: envelope, exact bytes and their SHA-256 reach Submission", () =>
       Effect.gen(function*() {
-        const recorder = yield* Recorder
+        const recorder = yield* Seen
         const result = yield* run(`${loggedIn}
           C: MAIL FROM:<alice@example.test> BODY=8BITMIME
           S: 250 2.1.0 Sender ok
@@ -377,7 +250,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
 
     it.effect("starts a new transaction after RSET", () =>
       Effect.gen(function*() {
-        const recorder = yield* Recorder
+        const recorder = yield* Seen
         yield* run(`${loggedIn}
           C: MAIL FROM:<alice@example.test>
           S: 250 *
@@ -452,7 +325,7 @@ layer(gatewayLayer(testConfig({ smtp: { smtpsPort: Option.some(0) } })), { exclu
     it.effect("refuses a streamed body over the limit with 552, delivers nothing, and goes on", () =>
       Effect.gen(function*() {
         const { port } = yield* SmtpListener
-        const recorder = yield* Recorder
+        const recorder = yield* Seen
         const before = recorder.submissions.length
         const client = yield* connect({ port })
         yield* logIn(client)
@@ -545,18 +418,18 @@ describe("SMTP listener lifecycle", () => {
   const start = (config: GatewayConfigShape, extra: Layer.Layer<never> = Layer.empty) =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
-      const context = yield* Layer.buildWithScope(gatewayLayer(config).pipe(Layer.provide(extra)), scope)
+      const context = yield* Layer.buildWithScope(listenerLayer(config).pipe(Layer.provide(extra)), scope)
       return {
         scope,
         listener: Context.get(context, SmtpListener),
         readiness: Context.get(context, Readiness),
-        recorder: Context.get(context, Recorder)
+        recorder: Context.get(context, Seen)
       }
     })
 
   it.live("closes an idle connection after IDLE_TIMEOUT with 421 4.4.2", () =>
     Effect.gen(function*() {
-      const { listener, scope } = yield* start(testConfig({ limits: { idleTimeout: Duration.millis(300) } }))
+      const { listener, scope } = yield* start(testConfig({ IDLE_TIMEOUT: "300 millis" }))
       const client = yield* connect({ port: listener.port })
       yield* client.readReply
       assert.strictEqual((yield* client.readReply).last, "421 4.4.2 Idle timeout, closing connection")
@@ -599,7 +472,7 @@ describe("SMTP listener lifecycle", () => {
 
   it.live("on shutdown, cuts a delivery still running at SHUTDOWN_DRAIN_TIMEOUT with 421 4.3.2", () =>
     Effect.gen(function*() {
-      const { listener, scope } = yield* start(testConfig({ shutdownDrainTimeout: Duration.millis(300) }))
+      const { listener, scope } = yield* start(testConfig({ SHUTDOWN_DRAIN_TIMEOUT: "300 millis" }))
       const client = yield* connect({ port: listener.port })
       yield* logIn(client)
       yield* client.write(
@@ -617,7 +490,7 @@ describe("SMTP listener lifecycle", () => {
   it.live("says how to fix a port that is in use", () =>
     Effect.gen(function*() {
       const first = yield* start(testConfig())
-      const exit = yield* Effect.exit(start(testConfig({ smtp: { port: first.listener.port } })))
+      const exit = yield* Effect.exit(start(testConfig({ SMTP_PORT: String(first.listener.port) })))
       assert.isTrue(Exit.isFailure(exit))
       const error = Exit.isFailure(exit) ? Option.getOrUndefined(Exit.findErrorOption(exit)) : undefined
       assert.include(error?.message ?? "", "the port is in use")

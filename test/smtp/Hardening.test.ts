@@ -48,7 +48,7 @@ const eventually = (check: Effect.Effect<boolean>) =>
 describe("connection limits", () => {
   it.live("refuses a connection over MAX_CONNECTIONS_PER_IP with 421 4.7.0, and admits one again when a slot frees", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ limits: { maxConnectionsPerIp: 2 } }))
+      const { listener } = yield* startListener(testConfig({ MAX_CONNECTIONS_PER_IP: "2" }))
       const first = yield* connect({ port: listener.port })
       const second = yield* connect({ port: listener.port })
       assert.strictEqual((yield* first.readReply).code, 220)
@@ -66,7 +66,7 @@ describe("connection limits", () => {
   it.live("exempts ALLOWLIST_CIDRS from the per-IP limit but not from MAX_CONNECTIONS", () =>
     Effect.gen(function*() {
       const { listener } = yield* startListener(
-        testConfig({ limits: { maxConnectionsPerIp: 1, maxConnections: 2, allowlistCidrs: ["127.0.0.0/8"] } })
+        testConfig({ MAX_CONNECTIONS_PER_IP: "1", MAX_CONNECTIONS: "2", ALLOWLIST_CIDRS: "127.0.0.0/8" })
       )
       const first = yield* connect({ port: listener.port })
       const second = yield* connect({ port: listener.port })
@@ -78,7 +78,7 @@ describe("connection limits", () => {
 
   it.live("closes a STARTTLS handshake that does not finish within TLS_HANDSHAKE_TIMEOUT", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ limits: { tlsHandshakeTimeout: Duration.millis(200) } }))
+      const { listener } = yield* startListener(testConfig({ TLS_HANDSHAKE_TIMEOUT: "200 millis" }))
       const client = yield* connect({ port: listener.port })
       yield* client.readReply
       yield* client.sendLine("EHLO client.test")
@@ -92,7 +92,7 @@ describe("connection limits", () => {
   it.live("closes an implicit-TLS connection whose handshake does not finish within TLS_HANDSHAKE_TIMEOUT", () =>
     Effect.gen(function*() {
       const { listener } = yield* startListener(
-        testConfig({ smtp: { smtpsPort: Option.some(0) }, limits: { tlsHandshakeTimeout: Duration.millis(200) } })
+        testConfig({ SMTPS_PORT: "0", TLS_HANDSHAKE_TIMEOUT: "200 millis" })
       )
       const port = Option.getOrThrow(listener.smtpsPort)
       const [elapsed] = yield* Effect.timed(Effect.callback<void>((resume) => {
@@ -105,7 +105,7 @@ describe("connection limits", () => {
 
   it.live("ends a session at SESSION_MAX_LIFETIME with 421 4.4.2", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ limits: { sessionMaxLifetime: Duration.millis(300) } }))
+      const { listener } = yield* startListener(testConfig({ SESSION_MAX_LIFETIME: "300 millis" }))
       const client = yield* connect({ port: listener.port })
       yield* client.readReply
       assert.strictEqual(yield* lastLine(client), "421 4.4.2 Session lifetime exceeded, closing connection")
@@ -115,7 +115,7 @@ describe("connection limits", () => {
   it.live("ends DATA sent slower than DATA_MIN_RATE with 421 4.4.2 and delivers nothing", () =>
     Effect.gen(function*() {
       const { listener, seen } = yield* startListener(
-        testConfig({ limits: { dataMinRate: 100, dataRateWindow: Duration.millis(200) } })
+        testConfig({ DATA_MIN_RATE: "100", DATA_RATE_WINDOW: "200 millis" })
       )
       const client = yield* connect({ port: listener.port })
       yield* secure(client)
@@ -133,7 +133,7 @@ describe("connection limits", () => {
 describe("message rates", () => {
   it.live("answers the message over RATE_LIMIT_PER_IP with 451 4.7.1 and the wait", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ limits: { rateLimitPerIp: 2 } }))
+      const { listener } = yield* startListener(testConfig({ RATE_LIMIT_PER_IP: "2" }))
       const client = yield* connect({ port: listener.port })
       yield* secure(client)
       yield* auth(client, "alice", "secret")
@@ -146,7 +146,7 @@ describe("message rates", () => {
   it.live("limits an account with RATE_LIMIT_PER_USER wherever it connects from, and no other account", () =>
     Effect.gen(function*() {
       const { listener } = yield* startListener(
-        testConfig({ limits: { rateLimitPerUser: 1, allowlistCidrs: ["127.0.0.0/8"] } })
+        testConfig({ RATE_LIMIT_PER_USER: "1", ALLOWLIST_CIDRS: "127.0.0.0/8" })
       )
       const alice = yield* connect({ port: listener.port })
       yield* secure(alice)
@@ -164,7 +164,7 @@ describe("message rates", () => {
 
   it.live("closes a session after MAX_MESSAGES_PER_SESSION transactions with 421 4.7.0", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ limits: { maxMessagesPerSession: 2 } }))
+      const { listener } = yield* startListener(testConfig({ MAX_MESSAGES_PER_SESSION: "2" }))
       const client = yield* connect({ port: listener.port })
       yield* secure(client)
       yield* auth(client, "alice", "secret")
@@ -179,7 +179,7 @@ describe("message rates", () => {
 describe("AUTH brute force", () => {
   it.live("allows three failures per connection, the third answered 421 4.7.0 and closing", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ auth: { failureLimit: 100 } }))
+      const { listener } = yield* startListener(testConfig({ AUTH_FAILURE_LIMIT: "100" }))
       const client = yield* connect({ port: listener.port })
       yield* secure(client)
       assert.strictEqual(yield* auth(client, "alice", "wrong1"), "535 5.7.8 Authentication credentials invalid")
@@ -190,7 +190,7 @@ describe("AUTH brute force", () => {
 
   it.live("blocks an IP+username after AUTH_FAILURE_LIMIT failures without asking the backend, but not the user elsewhere", () =>
     Effect.gen(function*() {
-      const { listener, seen } = yield* startListener(testConfig({ auth: { failureLimit: 4 }, trustedProxies: ["127.0.0.0/8"] }))
+      const { listener, seen } = yield* startListener(testConfig({ AUTH_FAILURE_LIMIT: "4", TRUSTED_PROXIES: "127.0.0.0/8" }))
       const from = (address: string) =>
         Effect.gen(function*() {
           const client = yield* connect({ port: listener.port })
@@ -216,7 +216,7 @@ describe("AUTH brute force", () => {
   it.live("blocks an IP spraying passwords across usernames", () =>
     Effect.gen(function*() {
       // per IP: 4 x AUTH_FAILURE_LIMIT = 8 failures, whatever the usernames
-      const { listener, seen } = yield* startListener(testConfig({ auth: { failureLimit: 2 }, trustedProxies: ["127.0.0.0/8"] }))
+      const { listener, seen } = yield* startListener(testConfig({ AUTH_FAILURE_LIMIT: "2", TRUSTED_PROXIES: "127.0.0.0/8" }))
       for (let i = 0; i < 8; i++) {
         const client = yield* connect({ port: listener.port })
         yield* client.write(proxyV1("203.0.113.9"))
@@ -234,7 +234,7 @@ describe("AUTH brute force", () => {
 
   it.live("waits longer before each 535 of the same IP+username", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ auth: { failureDelay: Duration.millis(80), failureLimit: 100 } }))
+      const { listener } = yield* startListener(testConfig({ AUTH_FAILURE_DELAY: "80 millis", AUTH_FAILURE_LIMIT: "100" }))
       const client = yield* connect({ port: listener.port })
       yield* secure(client)
       const [first] = yield* Effect.timed(auth(client, "alice", "bad"))
@@ -433,7 +433,7 @@ describe("protocol robustness (raw sockets)", () => {
 describe("PROXY protocol", () => {
   it.live("takes the client address from a v1 or v2 header sent by a trusted proxy (CIDR)", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ trustedProxies: ["127.0.0.0/8"] }))
+      const { listener } = yield* startListener(testConfig({ TRUSTED_PROXIES: "127.0.0.0/8" }))
       const v1 = yield* connect({ port: listener.port })
       yield* v1.write(proxyV1("198.51.100.20", 41000))
       assert.strictEqual((yield* v1.readReply).code, 220)
@@ -446,7 +446,7 @@ describe("PROXY protocol", () => {
 
   it.live("counts connection limits on the address behind the proxy", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ trustedProxies: ["127.0.0.1/32"], limits: { maxConnectionsPerIp: 1 } }))
+      const { listener } = yield* startListener(testConfig({ TRUSTED_PROXIES: "127.0.0.1/32", MAX_CONNECTIONS_PER_IP: "1" }))
       const a = yield* connect({ port: listener.port })
       yield* a.write(proxyV1("198.51.100.30"))
       assert.strictEqual((yield* a.readReply).code, 220)
@@ -460,7 +460,7 @@ describe("PROXY protocol", () => {
 
   it.live("closes a connection from a trusted proxy that sends no PROXY header", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ trustedProxies: ["127.0.0.0/8"] }))
+      const { listener } = yield* startListener(testConfig({ TRUSTED_PROXIES: "127.0.0.0/8" }))
       const client = yield* connect({ port: listener.port })
       yield* client.sendLine("EHLO client.test")
       yield* client.awaitClose
@@ -469,7 +469,7 @@ describe("PROXY protocol", () => {
 
   it.live("ignores a PROXY header from a peer that is not a trusted proxy", () =>
     Effect.gen(function*() {
-      const { listener } = yield* startListener(testConfig({ trustedProxies: ["10.0.0.0/8"] }))
+      const { listener } = yield* startListener(testConfig({ TRUSTED_PROXIES: "10.0.0.0/8" }))
       const client = yield* connect({ port: listener.port })
       assert.strictEqual((yield* client.readReply).code, 220)
       yield* client.write(proxyV1("198.51.100.40"))

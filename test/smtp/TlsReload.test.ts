@@ -3,7 +3,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as tls from "node:tls"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Option } from "effect"
+import { Effect } from "effect"
 import { generate } from "selfsigned"
 import { connect } from "../support/SmtpClient.ts"
 import { startListener, testConfig } from "./harness.ts"
@@ -45,9 +45,7 @@ describe("TLS certificate reload", () => {
       writeVersion(dir, "2025_01_01", first)
       fs.symlinkSync("..data/tls.crt", path.join(dir, "tls.crt"))
       fs.symlinkSync("..data/tls.key", path.join(dir, "tls.key"))
-      const { listener } = yield* startListener(testConfig({
-        tls: { certPath: Option.some(path.join(dir, "tls.crt")), keyPath: Option.some(path.join(dir, "tls.key")) }
-      }))
+      const { listener } = yield* startListener(testConfig({ TLS_CERT_PATH: path.join(dir, "tls.crt"), TLS_KEY_PATH: path.join(dir, "tls.key") }))
       assert.strictEqual(yield* presented(listener.port), "first.test")
 
       writeVersion(dir, "2025_02_01", second)
@@ -66,9 +64,7 @@ describe("TLS certificate reload", () => {
       const [first, second] = yield* Effect.promise(() => pairs)
       fs.writeFileSync(path.join(dir, "cert.pem"), first.cert)
       fs.writeFileSync(path.join(dir, "key.pem"), first.private)
-      const { listener } = yield* startListener(testConfig({
-        tls: { certPath: Option.some(path.join(dir, "cert.pem")), keyPath: Option.some(path.join(dir, "key.pem")) }
-      }))
+      const { listener } = yield* startListener(testConfig({ TLS_CERT_PATH: path.join(dir, "cert.pem"), TLS_KEY_PATH: path.join(dir, "key.pem") }))
       fs.writeFileSync(path.join(dir, "cert.pem"), second.cert) // the key is still the first one
       yield* Effect.sleep("600 millis")
       assert.strictEqual(yield* presented(listener.port), "first.test")

@@ -6,7 +6,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Context, Duration, Effect, Layer, Option, Redacted, References, Scope } from "effect"
+import { Context, Effect, Layer, Option, Redacted, References, Scope } from "effect"
 import { Readiness } from "../../src/admin/Readiness.ts"
 import { Authenticator } from "../../src/auth/Authenticator.ts"
 import { AuthError, InvalidCredentials } from "../../src/auth/CredentialStore.ts"
@@ -21,75 +21,30 @@ import { SmtpListener } from "../../src/smtp/Listener.ts"
 import { Certificates } from "../../src/smtp/Tls.ts"
 import { Submission, type SubmissionInput } from "../../src/Submission.ts"
 import type { SmtpClient } from "../support/SmtpClient.ts"
+import { loadConfig, loopbackEnv, type TestEnv } from "../support/TestConfig.ts"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "smtp-gateway-hardening-"))
 
-export interface ConfigOverrides {
-  readonly smtp?: Partial<GatewayConfigShape["smtp"]>
-  readonly auth?: Partial<GatewayConfigShape["auth"]>
-  readonly limits?: Partial<GatewayConfigShape["limits"]>
-  readonly mime?: Partial<GatewayConfigShape["mime"]>
-  readonly tls?: Partial<GatewayConfigShape["tls"]>
-  readonly trustedProxies?: ReadonlyArray<string>
-}
-
-/** A full configuration on loopback port 0 with small limits; checks that slow tests down are off. */
-export const testConfig = (o: ConfigOverrides = {}): GatewayConfigShape => ({
-  smtp: { host: "127.0.0.1", port: 0, smtpsPort: Option.none(), hostname: "mx.test", ...o.smtp },
-  http: { host: "127.0.0.1", port: 0 },
-  dataDir: dir,
-  tls: { certPath: Option.none(), keyPath: Option.none(), dir, ...o.tls },
-  auth: {
-    backend: "file",
-    usersFile: path.join(dir, "users.json"),
-    url: Option.none(),
-    cacheTtl: Duration.minutes(15),
-    failureLimit: 5,
-    failureDelay: Duration.millis(1),
-    ...o.auth
-  },
-  upstream: { kind: "outbox", outboxDir: path.join(dir, "outbox"), url: Option.none() },
-  cakemail: { apiUrl: new URL("https://api.cakemail.dev"), emailType: "transactional" },
-  delivery: {
-    deadline: Duration.seconds(30),
-    attemptTimeout: Duration.seconds(10),
-    maxAttempts: 3,
-    baseDelay: Duration.millis(250),
-    dedupeWindow: Duration.hours(24)
-  },
-  limits: {
-    maxMessageSize: 100_000,
-    maxRecipients: 10,
-    maxConnections: 100,
-    maxConnectionsPerIp: 50,
-    rateLimitPerIp: 1000,
-    rateLimitPerUser: 1000,
-    allowlistCidrs: [],
-    idleTimeout: Duration.seconds(30),
-    tlsHandshakeTimeout: Duration.seconds(10),
-    sessionMaxLifetime: Duration.minutes(30),
-    dataMinRate: 0,
-    dataRateWindow: Duration.seconds(30),
-    maxMessagesPerSession: 100,
-    ...o.limits
-  },
-  mime: {
-    maxParts: 1000,
-    maxDepth: 10,
-    maxHeaderBytes: 131_072,
-    maxHeaders: 500,
-    maxLineLength: 65_536,
-    parseTimeout: Duration.seconds(10),
-    ...o.mime
-  },
-  shutdownDrainTimeout: Duration.seconds(1),
-  redisUrl: Option.none(),
-  trustedProxies: o.trustedProxies ?? [],
-  log: { level: "info", format: "json" },
-  otel: { endpoint: Option.none(), serviceName: "smtp-gateway" },
-  capture: { dir: Option.none(), sampleRate: 1, body: "keep", users: [], clients: [] },
-  adminToken: Option.none()
-})
+/**
+ * A full configuration from the real loader: loopback port 0, host name mx.test, small limits, and the
+ * checks that slow tests down off (no auth failure delay, no DATA rate); `env` adds to or overrides it.
+ */
+export const testConfig = (env: TestEnv = {}): GatewayConfigShape =>
+  loadConfig({
+    ...loopbackEnv(dir),
+    SMTP_HOSTNAME: "mx.test",
+    AUTH_FAILURE_DELAY: "1 millis",
+    MAX_MESSAGE_SIZE: "100000",
+    MAX_RECIPIENTS: "10",
+    MAX_CONNECTIONS: "100",
+    MAX_CONNECTIONS_PER_IP: "50",
+    RATE_LIMIT_PER_IP: "1000",
+    RATE_LIMIT_PER_USER: "1000",
+    IDLE_TIMEOUT: "30 seconds",
+    DATA_MIN_RATE: "0",
+    SHUTDOWN_DRAIN_TIMEOUT: "1 second",
+    ...env
+  })
 
 /** What the doubles saw. */
 export class Seen extends Context.Service<Seen, {
@@ -110,7 +65,7 @@ export const principal = (username: string) =>
     expiresAt: Option.none()
   })
 
-/** Any user whose password is "secret" is accepted (as `<user>@example.test`); anything else is refused. */
+/** Any user whose password is "secret" is accepted (as `<user>@example.test`); "crash" is a defect; anything else is refused. */
 const AuthenticatorDouble = Layer.effect(
   Authenticator,
   Effect.gen(function*() {
@@ -119,6 +74,7 @@ const AuthenticatorDouble = Layer.effect(
       verify: (credentials) =>
         Effect.suspend(() => {
           seen.verified.push(credentials.username)
+          if (credentials.username === "crash") return Effect.die(new Error("the auth double broke"))
           return Redacted.value(credentials.password) === "secret"
             ? Effect.succeed(principal(credentials.username))
             : Effect.fail(new AuthError({ reason: new InvalidCredentials({}) }))
@@ -128,13 +84,16 @@ const AuthenticatorDouble = Layer.effect(
   })
 )
 
+/** Records every submission; a recipient `slow@…` takes 300 ms, `hang@…` never answers. */
 const SubmissionDouble = Layer.effect(
   Submission,
   Effect.gen(function*() {
     const seen = yield* Seen
     return Submission.of({
       submit: (input) =>
-        Effect.sync(() => {
+        Effect.gen(function*() {
+          if (input.envelope.rcptTo.some((r) => r.startsWith("hang@"))) return yield* Effect.never
+          if (input.envelope.rcptTo.some((r) => r.startsWith("slow@"))) yield* Effect.sleep("300 millis")
           seen.submissions.push(input)
           return Replies.accepted(`TEST${seen.submissions.length}`)
         })
@@ -165,7 +124,7 @@ export const startListener = (config: GatewayConfigShape, certificates = Certifi
   })
 
 export const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64")
-export const plain = (user: string, password: string) => b64(`\0${user}\0${password}`)
+export const plain = (user: string, password: string, authzid = "") => b64(`${authzid}\0${user}\0${password}`)
 
 /** Greeting, EHLO, STARTTLS, EHLO on a raw client. */
 export const secure = (client: SmtpClient) =>

@@ -6,9 +6,9 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as path from "node:path"
-import { Duration, Effect, Option, Redacted, type Scope } from "effect"
-import { addUser } from "../../src/auth/UsersFile.ts"
-import { alice, tempDir } from "./TestGateway.ts"
+import { Duration, Effect, type Scope } from "effect"
+import { loopbackEnv, type TestEnv } from "./TestConfig.ts"
+import { dataDirWithAlice } from "./TestGateway.ts"
 
 const root = path.resolve(import.meta.dirname, "../..")
 
@@ -45,17 +45,10 @@ export const parseLogLine = (line: string): Record<string, unknown> | undefined 
  * both listeners are up. `env` adds to the test defaults (loopback, port 0, LOG_LEVEL info).
  */
 export const spawnGateway = (
-  env: Readonly<Record<string, string>> = {}
+  env: TestEnv = {}
 ): Effect.Effect<GatewayProcess, unknown, Scope.Scope> =>
   Effect.gen(function*() {
-    const dataDir = yield* tempDir("smtp-gateway-process-")
-    const usersFile = path.join(dataDir, "users.json")
-    yield* addUser(usersFile, {
-      username: alice.username,
-      password: Redacted.make(alice.password),
-      senders: alice.senders,
-      apiKey: Option.some(Redacted.make(alice.apiKey))
-    })
+    const dataDir = yield* dataDirWithAlice("smtp-gateway-process-")
 
     const lines: Array<string> = []
     let stderr = ""
@@ -74,12 +67,7 @@ export const spawnGateway = (
           env: {
             PATH: process.env.PATH ?? "",
             HOME: process.env.HOME ?? dataDir,
-            SMTP_HOST: "127.0.0.1",
-            SMTP_PORT: "0",
-            HTTP_HOST: "127.0.0.1",
-            HTTP_PORT: "0",
-            SMTP_HOSTNAME: "gateway.test",
-            DATA_DIR: dataDir,
+            ...loopbackEnv(dataDir),
             LOG_LEVEL: "info",
             ...env
           }

@@ -4,8 +4,8 @@
  * Test support only: no protobuf, no metrics or logs signals, no sampling.
  */
 import * as http from "node:http"
-import type { AddressInfo } from "node:net"
 import { Context, Duration, Effect, Layer, Schema, type Scope } from "effect"
+import { listenOnLoopback } from "./RecordingHttpServer.ts"
 
 /** A span as the tests read it: ids in hex, attributes as plain values. */
 export interface CollectedSpan {
@@ -113,16 +113,7 @@ export class OtlpCollector extends Context.Service<OtlpCollector, {
       })
     })
 
-    const port = yield* Effect.acquireRelease(
-      Effect.callback<number>((resume) => {
-        server.listen(0, "127.0.0.1", () => resume(Effect.succeed((server.address() as AddressInfo).port)))
-      }),
-      () =>
-        Effect.callback<void>((resume) => {
-          server.close(() => resume(Effect.void))
-          server.closeAllConnections()
-        })
-    )
+    const port = yield* listenOnLoopback(server)
 
     const awaitSpans = (ready: (spans: ReadonlyArray<CollectedSpan>) => boolean, timeout: Duration.Input = "10 seconds") =>
       Effect.callback<ReadonlyArray<CollectedSpan>>((resume) => {

@@ -25,6 +25,19 @@ export interface CannedResponse {
   readonly delayMillis?: number
 }
 
+/** Listens on loopback port 0 for the current scope (then closes, cutting open connections); gives the port. */
+export const listenOnLoopback = (server: http.Server): Effect.Effect<number, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.callback<number>((resume) => {
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed((server.address() as AddressInfo).port)))
+    }),
+    () =>
+      Effect.callback<void>((resume) => {
+        server.close(() => resume(Effect.void))
+        server.closeAllConnections()
+      })
+  )
+
 export type Handler = (request: RecordedRequest) => CannedResponse
 
 export const json = (status: number, body: unknown, headers?: Readonly<Record<string, string>>): CannedResponse => ({
@@ -83,16 +96,7 @@ export class RecordingHttpServer extends Context.Service<RecordingHttpServer, {
       })
     })
 
-    const port = yield* Effect.acquireRelease(
-      Effect.callback<number>((resume) => {
-        server.listen(0, "127.0.0.1", () => resume(Effect.succeed((server.address() as AddressInfo).port)))
-      }),
-      () =>
-        Effect.callback<void>((resume) => {
-          server.close(() => resume(Effect.void))
-          server.closeAllConnections()
-        })
-    )
+    const port = yield* listenOnLoopback(server)
 
     return RecordingHttpServer.of({
       port,

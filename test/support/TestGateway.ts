@@ -6,12 +6,12 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { ConfigProvider, Context, Effect, Layer, Option, Redacted, type Scope } from "effect"
+import { Context, Effect, Layer, Option, Redacted, type Scope } from "effect"
 import { AdminHttp } from "../../src/admin/AdminHttp.ts"
 import { addUser } from "../../src/auth/UsersFile.ts"
-import { GatewayConfig } from "../../src/Config.ts"
 import { GatewayNoConfig } from "../../src/Gateway.ts"
 import { SmtpListener } from "../../src/smtp/Listener.ts"
+import { configLayer, loopbackEnv, type TestEnv } from "./TestConfig.ts"
 
 export const alice = {
   username: "alice",
@@ -19,6 +19,19 @@ export const alice = {
   senders: ["alice@example.com", "@example.org"],
   apiKey: "key-alice-0123456789"
 } as const
+
+/** Short delivery budgets, so failures are quick; limits high enough for 100 sessions from one address. */
+export const quickEnv: Readonly<Record<string, string>> = {
+  UPSTREAM_TIMEOUT: "2 seconds",
+  DELIVERY_DEADLINE: "5 seconds",
+  RETRY_MAX_ATTEMPTS: "2",
+  RETRY_BASE_DELAY: "10 millis",
+  AUTH_FAILURE_DELAY: "1 millis",
+  MAX_CONNECTIONS: "1000",
+  MAX_CONNECTIONS_PER_IP: "1000",
+  RATE_LIMIT_PER_IP: "100000",
+  RATE_LIMIT_PER_USER: "100000"
+}
 
 export interface TestGatewayHandle {
   readonly smtpPort: number
@@ -34,33 +47,26 @@ export const tempDir = (prefix: string): Effect.Effect<string, never, Scope.Scop
     (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
   )
 
-/** Starts the gateway for the current scope; `env` adds to or overrides the test defaults. */
-export const startGateway = (
-  env: Readonly<Record<string, string>> = {}
-): Effect.Effect<TestGatewayHandle, unknown, Scope.Scope> =>
+/** A temporary DATA_DIR (removed with the scope) whose users file knows `alice`. */
+export const dataDirWithAlice = (prefix: string) =>
   Effect.gen(function*() {
-    const dataDir = yield* tempDir("smtp-gateway-e2e-")
-    const usersFile = path.join(dataDir, "users.json")
-    yield* addUser(usersFile, {
+    const dataDir = yield* tempDir(prefix)
+    yield* addUser(path.join(dataDir, "users.json"), {
       username: alice.username,
       password: Redacted.make(alice.password),
       senders: alice.senders,
       apiKey: Option.some(Redacted.make(alice.apiKey))
     })
-    const config = GatewayConfig.layer.pipe(
-      Layer.provide(ConfigProvider.layer(ConfigProvider.fromEnv({
-        env: {
-          SMTP_HOST: "127.0.0.1",
-          SMTP_PORT: "0",
-          HTTP_HOST: "127.0.0.1",
-          HTTP_PORT: "0",
-          SMTP_HOSTNAME: "gateway.test",
-          DATA_DIR: dataDir,
-          LOG_LEVEL: "error",
-          ...env
-        }
-      })))
-    )
+    return dataDir
+  })
+
+/** Starts the gateway for the current scope; `env` adds to or overrides the test defaults. */
+export const startGateway = (
+  env: TestEnv = {}
+): Effect.Effect<TestGatewayHandle, unknown, Scope.Scope> =>
+  Effect.gen(function*() {
+    const dataDir = yield* dataDirWithAlice("smtp-gateway-e2e-")
+    const config = configLayer({ ...loopbackEnv(dataDir), LOG_LEVEL: "error", ...env })
     const context = yield* Layer.build(GatewayNoConfig.pipe(Layer.provide(config)))
     return {
       smtpPort: Context.get(context, SmtpListener).port,

@@ -12,3 +12,14 @@ export { matches } from "../../src/capture/Transcript.ts"
 /** Runs `script` against `options.port`; fails on the first mismatch with the line, expected and got. */
 export const converse = (script: string, options: ReplayTarget): Effect.Effect<ReplayResult, ReplayError> =>
   replay(script, options)
+
+/** The start of a secured session: greeting, EHLO, STARTTLS, EHLO again (then AUTH, usually). */
+export const startTls = (helo = "client.example") => `
+  S: 220 *
+  C: EHLO ${helo}
+  S: 250 *
+  C: STARTTLS
+  S: 220 *
+  C: EHLO ${helo}
+  S: 250 *
+`
