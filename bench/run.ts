@@ -441,11 +441,12 @@ const leastSquaresSlope = (points: ReadonlyArray<readonly [number, number]>): nu
 const profile = async () => {
   const dir = path.join(work, "cpu-profile")
   mkdirSync(dir, { recursive: true })
-  const row = rows[1]!
+  // STARTTLS+AUTH 10×100 unless --only names one of the four rows (e.g. --only=tls-newconn)
+  const row = rows.find((r) => only?.includes(r.id) === true) ?? rows[1]!
   const passes = quick ? 3 : 10
   const system = profileSystem === "sink" ? sink : gateway
   console.log(`\n== profile: ${system.label} under ${row.title}, ${passes} passes, node --cpu-prof`)
-  const running = await system.start(env, { mode: "tls", upstream: "fast", nodeFlags: ["--cpu-prof", `--cpu-prof-dir=${dir}`] })
+  const running = await system.start(env, { mode: row.mode, upstream: "fast", nodeFlags: ["--cpu-prof", `--cpu-prof-dir=${dir}`] })
   let accepted = 0
   try {
     await load(running, warmupOf(row), `warm-profile-${stamp}`)
@@ -461,7 +462,7 @@ const profile = async () => {
     summarizeProfile(JSON.parse(readFileSync(path.join(dir, f), "utf8")), repo)
   ).join("\n\n")
   const out = path.join(resultsDir, `profile-${system.id}-${stamp}.txt`)
-  writeFileSync(out, `# ${system.label}: ${accepted} messages accepted (STARTTLS+AUTH 10×100, ${passes} passes)\n${summary}\n`)
+  writeFileSync(out, `# ${system.label}: ${accepted} messages accepted (${row.title}, ${passes} passes)\n${summary}\n`)
   console.log(summary)
   console.log(`\nprofile summary: ${path.relative(repo, out)}; raw profiles: ${dir} (open in Chrome DevTools)`)
 }

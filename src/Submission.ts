@@ -33,8 +33,20 @@ export type SubmissionError = SenderRejected | MessageRejected | MessageTooLarge
 
 /** A gateway id: time-ordered (base36 milliseconds) then 10 random characters; fits a file name. */
 export const makeGatewayId = (millis: number): string =>
-  millis.toString(36).toUpperCase().padStart(9, "0") + crypto.randomBytes(8).toString("base64url").slice(0, 10).toUpperCase()
+  millis.toString(36).toUpperCase().padStart(9, "0") + randomBytes8().toString("base64url").slice(0, 10).toUpperCase()
     .replace(/[^A-Z0-9]/g, "X")
+
+/** 8 random bytes from a pool filled 512 ids at a time (one randomFillSync call instead of one per message). */
+const randomPool = Buffer.alloc(4096)
+let randomOffset = randomPool.length
+const randomBytes8 = (): Buffer => {
+  if (randomOffset + 8 > randomPool.length) {
+    crypto.randomFillSync(randomPool)
+    randomOffset = 0
+  }
+  randomOffset += 8
+  return randomPool.subarray(randomOffset - 8, randomOffset)
+}
 
 const forwarded = (result: "accepted" | "partial" | "rejected" | "temporary_failure" | "duplicate") =>
   Metric.update(Metric.withAttributes(emailsForwarded, { result }), 1)
@@ -85,18 +97,27 @@ export class Submission extends Context.Service<Submission, {
           const context = { id, receivedAt, principal, envelope, session, hostname: config.smtp.hostname }
           yield* Effect.annotateCurrentSpan({ "smtp.gateway_id": id, "smtp.message_size": message.size })
 
-          const request = {
+          const fields = {
             id,
             sessionId: session.id,
             startedAt: started,
             messageId: parsed.messageId,
             message: toCanonical(parsed, context),
             received: message,
-            raw: deliveryRaw(message.raw, context),
-            principal,
             recipients: envelope.rcptTo
           }
-          const deliverAs = (as: Principal) => delivery.deliver({ ...request, principal: as })
+          // the delivered bytes are a second copy of the message: made only when an upstream reads them
+          // (the outbox), once
+          let delivered: Uint8Array | undefined
+          const deliveredRaw = () => (delivered ??= deliveryRaw(message.raw, context))
+          const deliverAs = (as: Principal): Effect.Effect<DeliveryReceipt, DeliveryError> =>
+            delivery.deliver({
+              ...fields,
+              principal: as,
+              get raw() {
+                return deliveredRaw()
+              }
+            })
           const receipt = yield* deliverAs(principal).pipe(
             Effect.catchIf(
               (error) => error.kind === "Unauthorized",

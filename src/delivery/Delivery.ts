@@ -29,7 +29,7 @@ export interface DeliveryRequest {
   readonly messageId: string | null
   readonly message: CanonicalMessage
   readonly received: ReceivedMessage
-  /** The message as it travels on (Bcc removed, Received added). */
+  /** The message as it travels on (Bcc removed, Received added); may be a getter that makes it when read. */
   readonly raw: Uint8Array
   readonly principal: Principal
   readonly recipients: ReadonlyArray<Mailbox>
@@ -278,7 +278,10 @@ const make = Effect.gen(function*() {
       id: request.id,
       message: request.message,
       received: request.received,
-      raw: request.raw,
+      // read only by an upstream that writes the bytes (the outbox): not made otherwise
+      get raw() {
+        return request.raw
+      },
       principal: request.principal,
       recipients,
       idempotencyKey: key
@@ -309,11 +312,14 @@ const make = Effect.gen(function*() {
       const calls: ReadonlyArray<ReadonlyArray<Mailbox>> = upstream.perRecipient
         ? request.recipients.map((recipient) => [recipient])
         : [request.recipients]
-      const results = yield* Effect.forEach(
-        calls,
-        (recipients) => Effect.result(call(request, recipients, deadlineAt)),
-        { concurrency: fanOutConcurrency }
-      ).pipe(
+      const one = calls.length === 1 ? calls[0] : undefined
+      // one call (a whole-message upstream, or one recipient) runs in this fiber: no fan-out fibers
+      const all = one !== undefined
+        ? Effect.map(Effect.result(call(request, one, deadlineAt)), (result) => [result])
+        : Effect.forEach(calls, (recipients) => Effect.result(call(request, recipients, deadlineAt)), {
+          concurrency: fanOutConcurrency
+        })
+      const results = yield* all.pipe(
         Effect.timeoutOrElse({
           duration: Duration.millis(Math.max(0, remaining)),
           orElse: () => Effect.fail(new DeliveryError({ kind: "Timeout", detail: "delivery deadline exceeded" }))

@@ -58,6 +58,29 @@ const toAttachment = (data: AttachmentStream, content: Uint8Array): ParsedAttach
   }
 }
 
+/**
+ * `bytes` as a Uint8Array that alone owns its ArrayBuffer, so it can be transferred to the main thread
+ * instead of copied: a large Buffer.concat result already does (no copy); a small one shares Node's
+ * buffer pool, and is copied out of it (a clone would otherwise carry the whole pool).
+ */
+const ownedBytes = (bytes: Buffer): Uint8Array =>
+  bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer
+    ? new Uint8Array(bytes.buffer, 0, bytes.byteLength)
+    : new Uint8Array(bytes)
+
+/** The ArrayBuffers of a result that move to the main thread instead of being copied (attachment contents). */
+export const transferablesOf = (outcome: ParseOutcome): Array<ArrayBuffer> =>
+  outcome._tag === "Parsed"
+    ? outcome.parts.attachments.flatMap(({ content }) =>
+      content.buffer instanceof ArrayBuffer && content.byteOffset === 0 && content.byteLength === content.buffer.byteLength
+        ? [content.buffer]
+        : []
+    )
+    : []
+
+/** How much of a message mailparser is given at a time. */
+const feedSliceBytes = 64 * 1024
+
 /** Runs mailparser's streaming MailParser over `bytes`; the first error of any stream rejects the message. */
 export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
   new Promise((resolve, reject) => {
@@ -89,7 +112,7 @@ export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
           attachment.content.on("data", (chunk: Buffer) => chunks.push(chunk))
           attachment.content.once("error", fail)
           attachment.content.once("end", () => {
-            attachments.push(toAttachment(attachment, new Uint8Array(Buffer.concat(chunks))))
+            attachments.push(toAttachment(attachment, ownedBytes(Buffer.concat(chunks))))
             attachment.release()
             read()
           })
@@ -111,7 +134,23 @@ export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
       settled = true
       resolve({ headers, text, html, attachments })
     })
-    parser.end(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength))
+    // fed in slices, each after mailparser has taken the last: all at once, a large message would be
+    // split and decoded far ahead of the reader, and held in stream buffers several times over
+    const input = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    let offset = 0
+    const feed = (): void => {
+      while (offset < input.length && !settled) {
+        const end = Math.min(offset + feedSliceBytes, input.length)
+        const more = parser.write(input.subarray(offset, end))
+        offset = end
+        if (!more) {
+          parser.once("drain", feed)
+          return
+        }
+      }
+      if (!settled) parser.end()
+    }
+    feed()
   })
 
 export const runJob = async (job: ParseJob): Promise<ParseOutcome> => {
@@ -129,7 +168,9 @@ export const runJob = async (job: ParseJob): Promise<ParseOutcome> => {
 if (!isMainThread && parentPort !== null && (workerData as { role?: unknown } | null)?.role === workerRole) {
   const port = parentPort
   port.on("message", (job: ParseJob) => {
-    void runJob(job).then((outcome) => port.postMessage({ id: job.id, outcome } satisfies ParseResult))
+    void runJob(job).then((outcome) =>
+      port.postMessage({ id: job.id, outcome } satisfies ParseResult, transferablesOf(outcome))
+    )
   })
   port.postMessage({ ready: true })
 }

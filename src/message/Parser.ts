@@ -45,10 +45,27 @@ const workerEntry = (): { readonly code: string | URL; readonly eval: boolean } 
   }
 }
 
+/** From this size on, a message goes to its worker in shared memory rather than as a copy. */
+export const sharedFromBytes = 256 * 1024
+
+/**
+ * What `postMessage` gets for the message bytes: a small message is copied (cheap); a large one is
+ * shared (a SharedArrayBuffer is never copied between threads; Body.ts already reads large messages
+ * into one, anything else is copied into one here, once, where a clone would copy it twice).
+ */
+const shareable = (bytes: Uint8Array): Uint8Array => {
+  if (bytes.byteLength < sharedFromBytes || bytes.buffer instanceof SharedArrayBuffer) return bytes
+  const shared = new Uint8Array(new SharedArrayBuffer(bytes.byteLength))
+  shared.set(bytes)
+  return shared
+}
+
 interface PoolWorker {
   readonly worker: Worker
   /** Resolves true once the worker listens for jobs, false if it died first. */
   readonly ready: Promise<boolean>
+  /** True once it has listened for jobs (no wait for `ready` then). */
+  readonly started: boolean
 }
 
 /**
@@ -87,7 +104,7 @@ const makeWorkerPool = (size: number, deadline: Duration.Input) =>
         worker.on("message", onMessage)
         worker.once("exit", () => resolve(false))
       })
-      return { worker, ready }
+      return { worker, ready, started: false }
     }
     const retire = (worker: Worker) => {
       all.delete(worker)
@@ -106,7 +123,7 @@ const makeWorkerPool = (size: number, deadline: Duration.Input) =>
         const onMessage = (result: ParseResult) => {
           if (result.id !== id) return
           cleanup()
-          idle.push({ worker, ready: Promise.resolve(true) })
+          idle.push({ worker, ready: Promise.resolve(true), started: true })
           resume(Effect.succeed(result.outcome))
         }
         const onFailure = () => {
@@ -117,7 +134,7 @@ const makeWorkerPool = (size: number, deadline: Duration.Input) =>
         worker.on("message", onMessage)
         worker.once("error", onFailure)
         worker.once("exit", onFailure)
-        worker.postMessage({ id, bytes, limits })
+        worker.postMessage({ id, bytes: shareable(bytes), limits })
         // interrupted (deadline, shutdown): the parse may never end, so the worker goes
         return Effect.sync(() => {
           cleanup()
@@ -128,7 +145,7 @@ const makeWorkerPool = (size: number, deadline: Duration.Input) =>
     const job = (bytes: Uint8Array, limits: MimeLimitOptions | undefined) =>
       Effect.gen(function*() {
         const pooled = idle.pop() ?? spawn()
-        if (!(yield* Effect.promise(() => pooled.ready))) {
+        if (!pooled.started && !(yield* Effect.promise(() => pooled.ready))) {
           retire(pooled.worker)
           return { _tag: "Unparseable" } as const
         }

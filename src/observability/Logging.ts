@@ -16,6 +16,18 @@ const snakeCase = (key: string) => key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").to
 const messagePart = (part: unknown): string =>
   typeof part === "string" ? part : typeof part === "bigint" ? String(part) : Redacted.isRedacted(part) ? "<redacted>" : Formatter.formatJson(part)
 
+/**
+ * True when every field is a string, number, boolean or null (the usual line): JSON.stringify then
+ * writes exactly what Formatter.formatJson would, without its per-value replacer.
+ */
+const isFlat = (line: Record<string, unknown>): boolean => {
+  for (const key in line) {
+    const value = line[key]
+    if (value !== null && typeof value !== "string" && typeof value !== "number" && typeof value !== "boolean") return false
+  }
+  return true
+}
+
 /** One log entry as one line of JSON. */
 export const formatJsonLine: Logger.Logger<unknown, string> = Logger.make(({ cause, date, fiber, logLevel, message }) => {
   const line: Record<string, unknown> = {
@@ -33,7 +45,7 @@ export const formatJsonLine: Logger.Logger<unknown, string> = Logger.make(({ cau
     line.span_id = span.value.spanId
   }
   if (cause.reasons.length > 0) line.cause = Cause.pretty(cause)
-  return Formatter.formatJson(line)
+  return isFlat(line) ? JSON.stringify(line) : Formatter.formatJson(line)
 })
 
 /** Writes `formatJsonLine` through the fiber's Console (stdout by default; a test can swap it). */

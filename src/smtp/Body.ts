@@ -10,6 +10,7 @@ import { Effect, Schema } from "effect"
 import { MessageTooLarge } from "../domain/Errors.ts"
 import type { ReceivedMessage } from "../domain/Message.ts"
 import { Replies } from "../domain/Reply.ts"
+import { sharedFromBytes } from "../message/Parser.ts"
 
 /** The client went away (or the stream broke) before the final dot: a temporary failure, if anyone still listens. */
 export class BodyInterrupted extends Schema.TaggedError<BodyInterrupted>()("BodyInterrupted", {
@@ -82,6 +83,18 @@ export const makeLineEndingNormalizer = (push: (chunk: Buffer) => void) => {
   return { write, end, bareLineEndings: () => bare }
 }
 
+/**
+ * The chunks as one Buffer: from Parser's `sharedFromBytes` on in a SharedArrayBuffer, which the parse
+ * worker reads without a copy; else an ordinary one.
+ */
+const joinChunks = (chunks: ReadonlyArray<Buffer>, size: number): Buffer => {
+  if (size < sharedFromBytes) return Buffer.concat(chunks, size)
+  const out = Buffer.from(new SharedArrayBuffer(size))
+  let offset = 0
+  for (const chunk of chunks) offset += chunk.copy(out, offset)
+  return out
+}
+
 /** A received message, and how many bare CR or LF it had (rewritten to CRLF in `raw`). */
 export interface NormalizedMessage extends ReceivedMessage {
   readonly bareLineEndings: number
@@ -123,7 +136,8 @@ export const readBody = (
       cleanup()
       normalizer.end()
       if (over || stream.sizeExceeded === true) return resume(Effect.fail(new MessageTooLarge({ limit })))
-      const raw = Buffer.concat(chunks, size)
+      const raw = joinChunks(chunks, size)
+      chunks.length = 0
       resume(Effect.succeed({
         raw: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength),
         size,
