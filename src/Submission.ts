@@ -86,7 +86,7 @@ export class Submission extends Context.Service<Submission, {
           return yield* deliverAs(renewed)
         })
 
-      const submit = Effect.fn("Submission.submit")(
+      const submit = Effect.fnUntraced(
         function*({ credentials, envelope, message, principal, session }: SubmissionInput) {
           const started = yield* Clock.currentTimeMillis
           const parsed = yield* parser.parse(message)
@@ -160,7 +160,8 @@ export class Submission extends Context.Service<Submission, {
           return Replies.accepted(id)
         },
         Effect.tapError((error) => forwarded(error.reply.isTemporary ? "temporary_failure" : "rejected")),
-        Effect.trackDuration(processingDuration, Duration.toSeconds)
+        Effect.trackDuration(processingDuration, Duration.toSeconds),
+        Effect.withSpan("Submission.submit")
       )
       return Submission.of({ submit })
     })

@@ -113,7 +113,7 @@ export const makeAuthenticator = (
         )
       })
 
-    const verify = Effect.fn("Authenticator.verify")(
+    const verify = Effect.fnUntraced(
       function*(credentials: Credentials) {
         yield* Effect.annotateCurrentSpan({ "auth.user": credentials.username })
         if (rejectEarly(credentials)) return yield* new AuthError({ reason: new InvalidCredentials({}) })
@@ -127,7 +127,8 @@ export const makeAuthenticator = (
             )
           ),
           Effect.tap(() => Effect.logDebug("Authenticated").pipe(Effect.annotateLogs({ username: credentials.username })))
-        )
+        ),
+      Effect.withSpan("Authenticator.verify")
     )
 
     const invalidate = Effect.fn("Authenticator.invalidate")(function*(principal: Principal) {

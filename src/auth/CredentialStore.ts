@@ -123,7 +123,7 @@ export const makeFileStore = (path: string): Effect.Effect<CredentialStore["Serv
     yield* load
     checkedAt = yield* Clock.currentTimeMillis
 
-    const verify = Effect.fn("CredentialStore.verify")(function*(credentials: Credentials) {
+    const verify = Effect.fnUntraced(function*(credentials: Credentials) {
       const users = yield* current
       if (Result.isFailure(users)) {
         return yield* new AuthError({ reason: new BackendUnavailable({ detail: users.failure.message }) })
@@ -132,7 +132,7 @@ export const makeFileStore = (path: string): Effect.Effect<CredentialStore["Serv
       const matches = yield* verifyPassword(Redacted.value(credentials.password), user?.hash ?? dummyHash)
       if (user === undefined || !matches) return yield* invalid()
       return user.principal
-    })
+    }, Effect.withSpan("CredentialStore.verify"))
     return CredentialStore.of({ verify })
   })
 
@@ -154,11 +154,11 @@ export const makeMemoryStore = (users: ReadonlyArray<MemoryUser>): CredentialSto
   }]))
   const dummy = digest(generatePassword())
   return CredentialStore.of({
-    verify: Effect.fn("CredentialStore.verify")(function*(credentials: Credentials) {
+    verify: Effect.fnUntraced(function*(credentials: Credentials) {
       const user = byName.get(credentials.username)
       const matches = crypto.timingSafeEqual(digest(Redacted.value(credentials.password)), user?.digest ?? dummy)
       if (user === undefined || !matches) return yield* invalid()
       return user.principal
-    })
+    }, Effect.withSpan("CredentialStore.verify"))
   })
 }

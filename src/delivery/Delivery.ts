@@ -240,7 +240,7 @@ const make = Effect.gen(function*() {
     )
 
   /** breaker ▸ retry ▸ attempt timeout. */
-  const submit = Effect.fn("delivery.submit")(function*(outbound: Outbound, deadlineAt: number) {
+  const submit = Effect.fnUntraced(function*(outbound: Outbound, deadlineAt: number) {
     yield* Effect.annotateCurrentSpan({
       "smtp.recipient_count": outbound.recipients.length,
       "upstream.name": upstream.name
@@ -269,7 +269,7 @@ const make = Effect.gen(function*() {
       }),
       Effect.mapError((error) => error._tag === "UpstreamError" ? toDeliveryError(error) : fromBreaker(error))
     )
-  })
+  }, Effect.withSpan("delivery.submit"))
 
   /** duplicate window ▸ submit: a call already accepted is not sent again; one in flight is waited for. */
   const call = (request: DeliveryRequest, recipients: ReadonlyArray<Mailbox>, deadlineAt: number) => {
@@ -338,14 +338,14 @@ const make = Effect.gen(function*() {
       return receipt
     })
 
-  const deliver = Effect.fn("Delivery.deliver")(function*(request: DeliveryRequest) {
+  const deliver = Effect.fnUntraced(function*(request: DeliveryRequest) {
     yield* Effect.annotateCurrentSpan({
       "smtp.recipient_count": request.recipients.length,
       "upstream.name": upstream.name
     })
     const fiber = yield* FiberSet.run(inFlight, run(request))
     return yield* Fiber.join(fiber)
-  })
+  }, Effect.withSpan("Delivery.deliver"))
 
   return Delivery.of({ deliver })
 })

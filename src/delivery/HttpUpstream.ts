@@ -19,8 +19,21 @@ const encodeCanonical = Schema.encodeSync(CanonicalMessage)
 const Accepted = Schema.Struct({ id: Schema.Union([Schema.NonEmptyString, Schema.Finite]) })
 const decodeAccepted = Schema.decodeUnknownOption(Schema.fromJsonString(Accepted))
 
-/** Reads at most `maxResponseBytes` of the body as text; a body that breaks off reads as what arrived. */
+/**
+ * Reads at most `maxResponseBytes` of the body as text; a body that breaks off reads as what arrived.
+ * A body whose Content-Length is within the cap is read whole (the HTTP parser stops at that length);
+ * this way ends the request normally, where a stream read aborts it once done (a DOMException each).
+ */
 const readCapped = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
+  const declared = response.headers["content-length"]
+  if (declared !== undefined && /^\d{1,9}$/.test(declared) && Number(declared) <= maxResponseBytes) {
+    return Effect.orElseSucceed(response.text, () => "")
+  }
+  return readStream(response)
+}
+
+/** `readCapped` for a body of unknown or large length: chunk by chunk, stopping at the cap. */
+const readStream = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
   const chunks: Array<Uint8Array> = []
   let size = 0
   return Stream.runForEachWhile(response.stream, (chunk) =>
@@ -78,7 +91,7 @@ const make = Effect.gen(function*() {
   })
   const client = yield* HttpClient.HttpClient
 
-  const submit = Effect.fn("HttpUpstream.submit")(function*(outbound: Outbound) {
+  const submit = Effect.fnUntraced(function*(outbound: Outbound) {
     const request = HttpClientRequest.post(url).pipe(
       HttpClientRequest.setHeaders({ "idempotency-key": outbound.idempotencyKey, accept: "application/json" }),
       Option.match(outbound.principal.apiKey, {
@@ -111,7 +124,7 @@ const make = Effect.gen(function*() {
       return yield* result.failure
     }
     return result.success
-  })
+  }, Effect.withSpan("HttpUpstream.submit"))
 
   return Upstream.of({ name: "http", perRecipient: false, submit })
 })

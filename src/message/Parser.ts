@@ -208,7 +208,7 @@ const allFromAddresses = Effect.fnUntraced(function*(runMailParser: RunMailParse
 })
 
 const makeParse = (runMailParser: RunMailParser, limits: MimeLimitOptions) =>
-  Effect.fn("message.parse")(
+  Effect.fnUntraced(
     function*(message: ReceivedMessage): Effect.fn.Return<ParsedMessage, MessageRejected> {
       // limits and mailparser first (in a worker), so the header section read here is bounded
       const outcome = yield* runMailParser(message.raw, limits)
@@ -238,7 +238,8 @@ const makeParse = (runMailParser: RunMailParser, limits: MimeLimitOptions) =>
         inReplyTo: stringOf(mail.headers.get("in-reply-to")),
         references: stringsOf(mail.headers.get("references"))
       }
-    }
+    },
+    Effect.withSpan("message.parse")
   )
 
 /** The MIME limits of design.md §4 at their defaults. */

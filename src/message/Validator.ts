@@ -21,7 +21,7 @@ export class Validator extends Context.Service<Validator, {
     Validator,
     Effect.gen(function*() {
       const senders = yield* Senders
-      const validate = Effect.fn("Validator.validate")(function*(parsed: ParsedMessage, principal: Principal) {
+      const validate = Effect.fnUntraced(function*(parsed: ParsedMessage, principal: Principal) {
         const [from, ...others] = parsed.from
         if (from === undefined) return yield* new MessageRejected({ reason: "the message has no From address" })
         if (others.length > 0) {
@@ -33,7 +33,7 @@ export class Validator extends Context.Service<Validator, {
         if (!(yield* senders.allowed(principal, from.address))) {
           return yield* new SenderRejected({ address: from.address, where: "from-header" })
         }
-      })
+      }, Effect.withSpan("Validator.validate"))
       return Validator.of({ validate })
     })
   )

@@ -4,7 +4,7 @@
  * `pretty` is Effect's pretty logger. Both keep the tracer logger (logs become span events) and honour
  * LOG_LEVEL. Redacted values print as `<redacted>`. Where logs go beyond stdout is not decided here.
  */
-import { Array, Cause, Context, Effect, Formatter, Layer, Logger, type LogLevel, Redacted, References, Tracer } from "effect"
+import { Array, Cause, Console, Context, Effect, Formatter, Layer, Logger, type LogLevel, Redacted, References, Tracer } from "effect"
 import { GatewayConfig, type LogLevel as ConfigLogLevel } from "../Config.ts"
 
 /** The fields of a line that no annotation may overwrite. */
@@ -48,8 +48,42 @@ export const formatJsonLine: Logger.Logger<unknown, string> = Logger.make(({ cau
   return isFlat(line) ? JSON.stringify(line) : Formatter.formatJson(line)
 })
 
-/** Writes `formatJsonLine` through the fiber's Console (stdout by default; a test can swap it). */
-export const jsonLogger: Logger.Logger<unknown, void> = Logger.withConsoleLog(formatJsonLine)
+/**
+ * Lines for stdout, written together: every line logged in one turn of the event loop goes out in one
+ * write (stdout to a file or a pipe is a synchronous syscall per write). Nothing is dropped: the lines
+ * are written at the latest on the next turn (`setImmediate`), and at once when the process exits.
+ */
+const stdoutLines: Array<string> = []
+let flushScheduled = false
+
+/** Writes the lines waiting for stdout now (idempotent). */
+export const flushStdout = (): void => {
+  flushScheduled = false
+  if (stdoutLines.length === 0) return
+  const text = stdoutLines.join("\n") + "\n"
+  stdoutLines.length = 0
+  process.stdout.write(text)
+}
+
+const writeStdoutLine = (line: string): void => {
+  stdoutLines.push(line)
+  if (flushScheduled) return
+  flushScheduled = true
+  setImmediate(flushStdout)
+}
+
+process.once("exit", flushStdout)
+
+/**
+ * Writes `formatJsonLine` through the fiber's Console: on the default Console (stdout) through the
+ * buffer above, one write per turn of the event loop; any other Console (a test's) line by line.
+ */
+export const jsonLogger: Logger.Logger<unknown, void> = Logger.make((options) => {
+  const console = options.fiber.getRef(Console.Console)
+  const line = formatJsonLine.log(options)
+  if (console === globalThis.console) writeStdoutLine(line)
+  else console.log(line)
+})
 
 const minimumLevel: Record<ConfigLogLevel, LogLevel.LogLevel> = {
   trace: "Trace",

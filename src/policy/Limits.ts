@@ -189,18 +189,18 @@ export const makeLimits = (lockouts: LockoutStore) =>
           Effect.logWarning("rate limiter store unavailable; letting the message through", error))
       )
 
-    const consumeMessage = Effect.fn("Limits.consumeMessage")(function*(client: string, username: string) {
+    const consumeMessage = Effect.fnUntraced(function*(client: string, username: string) {
       if (!isAllowlisted(client)) yield* consume("ip", normalizeAddress(client), limits.rateLimitPerIp)
       yield* consume("user", userKey(username), limits.rateLimitPerUser)
-    })
+    }, Effect.withSpan("Limits.consumeMessage"))
 
-    const checkAuth = Effect.fn("Limits.checkAuth")(function*(client: string, username: string) {
+    const checkAuth = Effect.fnUntraced(function*(client: string, username: string) {
       const ip = normalizeAddress(client)
       if (yield* lockouts.isBlocked(`ip:${ip}`).pipe(orOpen("check", false))) return yield* lockedOut("ip")
       if (yield* lockouts.isBlocked(`pair:${ip}:${userKey(username)}`).pipe(orOpen("check", false))) {
         return yield* lockedOut("pair")
       }
-    })
+    }, Effect.withSpan("Limits.checkAuth"))
 
     const recordAuthFailure = Effect.fn("Limits.recordAuthFailure")(function*(client: string, username: string) {
       const ip = normalizeAddress(client)

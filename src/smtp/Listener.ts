@@ -7,7 +7,7 @@ import * as crypto from "node:crypto"
 import * as net from "node:net"
 import type * as tls from "node:tls"
 import { Context, Deferred, Duration, Effect, Layer, Option, Result, Schema } from "effect"
-import { SMTPServer, type SMTPServerOptions } from "smtp-server"
+import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from "smtp-server"
 import { SMTPConnection, type SMTPConnectionOptions } from "smtp-server/lib/smtp-connection.js"
 import type { SMTPStream } from "smtp-server/lib/smtp-stream.js"
 import { Readiness } from "../admin/Readiness.ts"
@@ -205,8 +205,26 @@ class GatewayConnection extends ProtocolGuard {
       if (maxClients && this._server.connections.size > maxClients) {
         return this.send(421, this.name + " Too many connected clients, try again in a moment", false)
       }
+      this.openEarly()
       setTimeout(() => this.connectionReady(), greetingDelayMillis).unref()
     })
+  }
+
+  /** The session's opening, begun with the connection; onConnect (after the early-talker window) awaits it. */
+  opening: Opening | undefined = undefined
+
+  /**
+   * Opens the session (admission, session fiber, span, log line) during the early-talker window rather
+   * than after it, so the greeting waits for the window only, not for the window and then the opening.
+   * A client that talks before the greeting is still refused (`421 4.7.0`, smtp-server's check) and its session closed.
+   */
+  openEarly(): void {
+    const open = this._server instanceof GatewayServer ? this._server.openSession : undefined
+    if (open === undefined) return
+    this._resetSession() // the session as onConnect will see it (id, remote address and port)
+    const opening = new Opening()
+    this.opening = opening
+    open(this.session, (err) => opening.settle(err))
   }
 
   override send(code: number, data?: string | Array<string> | null, context?: string | false): void {
@@ -262,9 +280,32 @@ const captureLogger = (server: () => GatewayServer) => {
   return { trace: ignore, debug: route, info: route, warn: ignore, error: ignore, fatal: ignore }
 }
 
+/** The outcome of a session's opening (onConnect's callback argument), handed to whoever waits, before or after it is known. */
+class Opening {
+  private done = false
+  private error: Error | null | undefined = undefined
+  private waiter: ((err?: Error | null) => void) | undefined = undefined
+
+  settle(err?: Error | null): void {
+    if (this.done) return
+    this.done = true
+    this.error = err
+    const waiter = this.waiter
+    this.waiter = undefined
+    waiter?.(err)
+  }
+
+  await(callback: (err?: Error | null) => void): void {
+    if (this.done) callback(this.error)
+    else this.waiter = callback
+  }
+}
+
 /** SMTPServer whose connections are GatewayConnections, each findable by session id. */
 class GatewayServer extends GuardedServer {
   readonly live = new Map<string, GatewayConnection>()
+  /** Opens a session as onConnect does; connections call it when they are accepted (see `openEarly`). */
+  openSession: ((session: SMTPServerSession, callback: (err?: Error | null) => void) => void) | undefined = undefined
   /** Session capture, when CAPTURE_DIR is set. */
   recorder: Recorder["Service"] | undefined = undefined
 
@@ -382,7 +423,12 @@ export class SmtpListener extends Context.Service<SmtpListener, {
           maxClients: config.limits.maxConnections,
           maxCommandLength,
           logger: recorder === undefined ? false : captureLogger(() => server),
-          onConnect: (session, callback) => sessions.connect(session, transportOf(server, session.id), callback),
+          // the session was opened when the connection was accepted (GatewayConnection.openEarly)
+          onConnect: (session, callback) => {
+            const opening = server.live.get(session.id)?.opening
+            if (opening !== undefined) return opening.await(callback)
+            sessions.connect(session, transportOf(server, session.id), callback)
+          },
           onSecure: (socket, session, callback) =>
             sessions.hook(session, Session.secured(socket), Hook.toCallback(callback)),
           onAuth: (auth, session, callback) =>
@@ -414,6 +460,7 @@ export class SmtpListener extends Context.Service<SmtpListener, {
         }
         const server = new GatewayServer(options)
         server.guard = guard
+        server.openSession = (session, callback) => sessions.connect(session, transportOf(server, session.id), callback)
         server.recorder = recorder
         server.on("error", (error: Error & { code?: unknown; syscall?: unknown }) => {
           if (error.syscall === "listen") return // `listen` reports it

@@ -194,7 +194,7 @@ export const decodeCredentials = (auth: SMTPServerAuthentication): Option.Option
  * AUTH: refused at once (`421 4.7.0`) while the IP or IP+username is blocked; credentials checked
  * here for shape, then by the Authenticator; failures go through `failAuth`.
  */
-export const authenticate = Effect.fn("smtp.auth")(function*(auth: SMTPServerAuthentication) {
+export const authenticate = Effect.fnUntraced(function*(auth: SMTPServerAuthentication) {
   const session = yield* Session
   const authenticator = yield* Authenticator
   const limits = yield* Limits
@@ -221,7 +221,7 @@ export const authenticate = Effect.fn("smtp.auth")(function*(auth: SMTPServerAut
   yield* Effect.annotateCurrentSpan({ "smtp.auth.outcome": "success", "smtp.auth.user": principal.username })
   yield* Effect.logDebug("authenticated").pipe(Effect.annotateLogs({ user: principal.username, mechanism: auth.method }))
   return principal
-}, annotateReply(() => Replies.authSucceeded.code))
+}, annotateReply(() => Replies.authSucceeded.code), Effect.withSpan("smtp.auth"))
 
 const principalOf = (state: SessionState) =>
   Option.match(state.principal, {
@@ -250,7 +250,7 @@ const logRefusal = (command: string) => (error: { readonly reply: Reply }) =>
   Effect.logInfo(`${command} refused`).pipe(Effect.annotateLogs({ reply: error.reply.toString() }))
 
 /** MAIL FROM: starts a new transaction (smtp-server has no RSET hook, so each MAIL starts afresh). */
-export const mailFrom = Effect.fn("smtp.mail")(
+export const mailFrom = Effect.fnUntraced(
   function*(address: SMTPServerAddress) {
     const session = yield* Session
     const policy = yield* EnvelopePolicy
@@ -272,11 +272,12 @@ export const mailFrom = Effect.fn("smtp.mail")(
     yield* Ref.update(session.state, (s) => ({ ...s, envelope: Option.some(envelope) }))
   },
   Effect.tapError(logRefusal("MAIL")),
-  annotateReply(() => Replies.senderOk.code)
+  annotateReply(() => Replies.senderOk.code),
+  Effect.withSpan("smtp.mail")
 )
 
 /** RCPT TO: adds a recipient to the transaction; a repeated one is accepted once. */
-export const rcptTo = Effect.fn("smtp.rcpt")(
+export const rcptTo = Effect.fnUntraced(
   function*(address: SMTPServerAddress) {
     const session = yield* Session
     const policy = yield* EnvelopePolicy
@@ -294,7 +295,8 @@ export const rcptTo = Effect.fn("smtp.rcpt")(
     }))
   },
   Effect.tapError(logRefusal("RCPT")),
-  annotateReply(() => Replies.recipientOk.code)
+  annotateReply(() => Replies.recipientOk.code),
+  Effect.withSpan("smtp.rcpt")
 )
 
 /**
@@ -317,7 +319,7 @@ const dataRateWatchdog = (stream: { readonly byteLength?: number }) =>
   })
 
 /** DATA: reads the body (size-capped, rate-checked), submits it and answers with Submission's reply. */
-export const data = Effect.fn("smtp.data")(function*(
+export const data = Effect.fnUntraced(function*(
   stream: Readable & { readonly sizeExceeded?: boolean; readonly byteLength?: number }
 ) {
   const session = yield* Session
@@ -371,7 +373,7 @@ export const data = Effect.fn("smtp.data")(function*(
       )
     })
   )
-}, annotateReply((reply: Reply) => reply.code))
+}, annotateReply((reply: Reply) => reply.code), Effect.withSpan("smtp.data"))
 
 /** The TLS handshake finished (STARTTLS or implicit TLS): no renegotiation, remember what was agreed. */
 export const secured = Effect.fnUntraced(function*(socket: unknown) {
@@ -472,6 +474,15 @@ const phaseOf = (state: SessionState): SessionSnapshot["state"] =>
     ? "authenticated"
     : "connected"
 
+/**
+ * Where the `smtp.session` span is opened, for a defect's stack trace: read once here, where Effect
+ * would capture a stack trace for every connection.
+ */
+const sessionSpanLocation: () => string | undefined = (() => {
+  const location = new Error().stack?.split("\n")[1]?.trim()
+  return () => location
+})()
+
 /** The registry of a listener's sessions; closing the scope interrupts the sessions left. */
 export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServices> = Effect.gen(function*() {
   const context = yield* Effect.context<HookServices>()
@@ -559,7 +570,7 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
       Effect.withSpan("smtp.session", {
         root: true,
         attributes: { "client.address": s.remoteAddress, "client.port": s.remotePort, "smtp.session_id": s.id }
-      })
+      }, { captureStackTrace: sessionSpanLocation })
     )
 
   const refuse = (callback: (err?: Error | null) => void, reply: Reply = Replies.shuttingDown) => {
