@@ -14,7 +14,12 @@ import { apiErrorType, type Outbound, Upstream, type UpstreamAccepted, UpstreamE
 /** More than any id or error document; a larger answer is cut, never buffered whole. */
 export const maxResponseBytes = 64 * 1024
 
-const encodeCanonical = Schema.encodeSync(CanonicalMessage)
+/**
+ * The canonical JSON body. CanonicalMessage has no transformations (its encoded form is its type, which
+ * the compiler checks here), so the value toCanonical built is sent as is, without a Schema pass that
+ * would copy it; the key order is the schema's, as toCanonical writes it.
+ */
+const encodeCanonical = (message: typeof CanonicalMessage.Type): typeof CanonicalMessage.Encoded => message
 /** `{ "id": "..." }`; some APIs send a number. */
 const Accepted = Schema.Struct({ id: Schema.Union([Schema.NonEmptyString, Schema.Finite]) })
 const decodeAccepted = Schema.decodeUnknownOption(Schema.fromJsonString(Accepted))
@@ -90,9 +95,11 @@ const make = Effect.gen(function*() {
       Effect.fail(new ConfigInvalid({ problems: ["UPSTREAM_URL: required when UPSTREAM=http; set the email API endpoint"] }))
   })
   const client = yield* HttpClient.HttpClient
+  // made once: a request is immutable, and building it from the URL parses the URL each time
+  const post = HttpClientRequest.post(url)
 
   const submit = Effect.fnUntraced(function*(outbound: Outbound) {
-    const request = HttpClientRequest.post(url).pipe(
+    const request = post.pipe(
       HttpClientRequest.setHeaders({ "idempotency-key": outbound.idempotencyKey, accept: "application/json" }),
       Option.match(outbound.principal.apiKey, {
         onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,

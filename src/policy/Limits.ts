@@ -156,8 +156,18 @@ export const makeRedisLockoutStore = (redis: Redis.Redis["Service"]): LockoutSto
 // ---- the service ----------------------------------------------------------------------------------
 
 /** Keys carry a digest of the lower-cased username: bounded length, no address in the store. */
-const userKey = (username: string) =>
-  crypto.createHash("sha256").update(username.toLowerCase(), "utf8").digest("base64url").slice(0, 22)
+const userKey = (username: string): string => {
+  const known = userKeys.get(username)
+  if (known !== undefined) return known
+  const key = crypto.createHash("sha256").update(username.toLowerCase(), "utf8").digest("base64url").slice(0, 22)
+  if (userKeys.size >= userKeyCapacity) userKeys.clear()
+  userKeys.set(username, key)
+  return key
+}
+
+/** Digests of recent user names (one hash per message otherwise); bounded, cleared when full. */
+const userKeys = new Map<string, string>()
+const userKeyCapacity = 10_000
 
 const lockedOut = (scope: "pair" | "ip") =>
   Effect.andThen(

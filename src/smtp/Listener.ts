@@ -116,10 +116,30 @@ class ProtocolGuard extends SMTPConnection {
   }
 
   override send(code: number, data?: string | Array<string> | null, context?: string | false): void {
+    this.coalesceReplies()
     super.send(code, data, context)
     if (code >= 500 && code <= 504 && !this._closing && ++this.errors >= maxErrorsPerConnection) {
       super.send(Replies.tooManyErrors.code, Hook.wireText(Replies.tooManyErrors), false)
     }
+  }
+
+  private corked = false
+
+  /**
+   * Replies written in one event-loop turn (answers to pipelined commands, such as MAIL and RCPT) leave
+   * as one TLS record and one write instead of one each: the TLS socket is corked until the turn ends.
+   * Only on a TLS socket, never on the plain one (a STARTTLS upgrade must find nothing held back);
+   * `end()` flushes what is held, so a closing reply is never lost.
+   */
+  private coalesceReplies(): void {
+    const socket = this._socket
+    if (this.corked || !this.secure || this._upgrading || socket.destroyed) return
+    socket.cork()
+    this.corked = true
+    setImmediate(() => {
+      this.corked = false
+      if (socket.writableCorked > 0) socket.uncork()
+    })
   }
 
   /** smtp-server arms the STARTTLS socket with the idle timeout; its handshake gets TLS_HANDSHAKE_TIMEOUT. */
