@@ -17,6 +17,19 @@ import { aiosmtpd, haraka } from "./systems/peers.ts"
 import type { Environment, Mode, Running, System, UpstreamKind } from "./systems/types.ts"
 
 const argv = process.argv.slice(2)
+const usage = `npm run bench -- [--quick] [--only=<scenario,...>] [--systems=<id,...>] [--soak-minutes=N] [--profile[=gateway|sink]]
+scenarios: plain-10x100 tls-10x100 tls-50x100 tls-newconn cakemail-10rcpt large-25mb idle-tls soak
+systems:   gateway sink haraka aiosmtpd responder (see bench/README.md)`
+const known = /^--(quick|profile|(only|systems|soak-minutes|profile)=.+)$/
+if (argv.includes("--help") || argv.includes("-h")) {
+  console.log(usage)
+  process.exit(0)
+}
+const unknown = argv.filter((a) => !known.test(a))
+if (unknown.length > 0) {
+  console.error(`bench: unknown argument ${unknown.join(" ")}\n${usage}`)
+  process.exit(2)
+}
 const flag = (name: string): string | undefined => argv.find((a) => a.startsWith(`--${name}=`))?.split("=")[1]
 const quick = argv.includes("--quick")
 const profileMode = argv.some((a) => a === "--profile" || a.startsWith("--profile="))

@@ -9,7 +9,7 @@ import * as path from "node:path"
 import { Duration, Effect, Schedule } from "effect"
 import { replay } from "../src/capture/Replay.ts"
 import { corpusEnv, sessionsDir } from "../test/capture/corpus.ts"
-import { runProgram, transport as clientTransport } from "../test/support/Clients.ts"
+import { type MailOptions, runProgram, transport as clientTransport } from "../test/support/Clients.ts"
 import { startTls } from "../test/support/converse.ts"
 import { alice, startGateway, tempDir } from "../test/support/TestGateway.ts"
 
@@ -32,6 +32,14 @@ const plainLogin = `
   S: 235 *
 `
 
+/** Sends one message from alice with nodemailer, with a fixed date (fixtures should not churn). */
+const nodemailerSends = (mail: MailOptions) => (port: number) =>
+  Effect.promise(() => transport(port).sendMail({ from: "Alice <alice@example.com>", date: new Date("2026-01-15T10:00:00Z"), ...mail }))
+
+/** Replays `script` on a raw socket after STARTTLS (EHLO `helo`) and AUTH PLAIN as alice. */
+const afterLogin = (helo: string, script: string) => (port: number) =>
+  replay(`${startTls(helo)}${plainLogin}${script}`, { port })
+
 interface Scenario {
   readonly name: string
   readonly client: string
@@ -44,40 +52,30 @@ const scenarios: ReadonlyArray<Scenario> = [
     name: "nodemailer-plain",
     client: "nodemailer 10 (STARTTLS, AUTH PLAIN)",
     proves: "a plain-text message from nodemailer is accepted after STARTTLS and AUTH PLAIN",
-    run: (port) =>
-      Effect.promise(() =>
-        transport(port).sendMail({
-          from: "Alice <alice@example.com>",
-          to: "bob@example.net",
-          subject: "Plain text from nodemailer",
-          messageId: "<corpus-plain@example.com>",
-          date: new Date("2026-01-15T10:00:00Z"),
-          text: "Hello Bob,\n.a line that starts with a dot\nBye."
-        })
-      )
+    run: nodemailerSends({
+      to: "bob@example.net",
+      subject: "Plain text from nodemailer",
+      messageId: "<corpus-plain@example.com>",
+      text: "Hello Bob,\n.a line that starts with a dot\nBye."
+    })
   },
   {
     name: "nodemailer-html-attachments",
     client: "nodemailer 10 (STARTTLS, AUTH PLAIN)",
     proves: "an HTML message with text, two attachments and an inline image goes through whole",
-    run: (port) =>
-      Effect.promise(() =>
-        transport(port).sendMail({
-          from: "Alice <alice@example.com>",
-          to: "Bob <bob@example.net>",
-          cc: "carol@example.net",
-          subject: "Report with attachments",
-          messageId: "<corpus-html@example.com>",
-          date: new Date("2026-01-15T10:00:00Z"),
-          text: "Report attached.",
-          html: `<p>Report attached.</p><img src="cid:logo@example.com">`,
-          attachments: [
-            { filename: "report.pdf", content: fixedBytes(6000, 1), contentType: "application/pdf" },
-            { filename: "data.csv", content: "id,amount\r\n1,10.50\r\n", contentType: "text/csv" },
-            { filename: "logo.png", content: fixedBytes(1500, 2), contentType: "image/png", cid: "logo@example.com" }
-          ]
-        })
-      )
+    run: nodemailerSends({
+      to: "Bob <bob@example.net>",
+      cc: "carol@example.net",
+      subject: "Report with attachments",
+      messageId: "<corpus-html@example.com>",
+      text: "Report attached.",
+      html: `<p>Report attached.</p><img src="cid:logo@example.com">`,
+      attachments: [
+        { filename: "report.pdf", content: fixedBytes(6000, 1), contentType: "application/pdf" },
+        { filename: "data.csv", content: "id,amount\r\n1,10.50\r\n", contentType: "text/csv" },
+        { filename: "logo.png", content: fixedBytes(1500, 2), contentType: "image/png", cid: "logo@example.com" }
+      ]
+    })
   },
   {
     name: "smtplib-auth-login-initial-response",
@@ -159,8 +157,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
     name: "rset-between-transactions",
     client: "raw socket",
     proves: "RSET drops the transaction begun; the next MAIL starts afresh and two messages go in one session",
-    run: (port) =>
-      replay(`${startTls("rset.test")}${plainLogin}
+    run: afterLogin("rset.test", `
         C: MAIL FROM:<alice@example.com>
         S: 250 *
         C: RCPT TO:<dropped@example.net>
@@ -195,14 +192,13 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
         S: 250 *
         C: QUIT
         S: 221 *
-      `, { port })
+      `)
   },
   {
     name: "disconnect-mid-data",
     client: "raw socket",
     proves: "a client that leaves in the middle of DATA: nothing is delivered and the gateway carries on",
-    run: (port) =>
-      replay(`${startTls("leaver.test")}${plainLogin}
+    run: afterLogin("leaver.test", `
         C: MAIL FROM:<alice@example.com>
         S: 250 *
         C: RCPT TO:<bob@example.net>
@@ -214,14 +210,13 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
         C:
         C: the first lines of a body, and then the client is gone
         -- client closed
-      `, { port })
+      `)
   },
   {
     name: "rejected-sender",
     client: "raw socket",
     proves: "MAIL FROM an address the account may not use is refused with 550 5.7.1, and the session goes on",
-    run: (port) =>
-      replay(`${startTls("mallory.test")}${plainLogin}
+    run: afterLogin("mallory.test", `
         C: MAIL FROM:<ceo@bank.example>
         S: 550 5.7.1 *
         C: RCPT TO:<bob@example.net>
@@ -230,14 +225,13 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
         S: 250 *
         C: QUIT
         S: 221 *
-      `, { port })
+      `)
   },
   {
     name: "oversize-message",
     client: "raw socket",
     proves: `a body over MAX_MESSAGE_SIZE (${corpusEnv.MAX_MESSAGE_SIZE}) is refused with 552 5.3.4 after the final dot; the body is kept as its digest`,
-    run: (port) =>
-      replay(`${startTls("big.test")}${plainLogin}
+    run: afterLogin("big.test", `
         C: MAIL FROM:<alice@example.com>
         S: 250 *
         C: RCPT TO:<bob@example.net>
@@ -252,7 +246,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="smtplib.test", 
         S: 552 5.3.4 *
         C: QUIT
         S: 221 *
-      `, { port })
+      `)
   }
 ]
 

@@ -6,7 +6,7 @@
 import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync } from "node:fs"
 import * as path from "node:path"
-import { freePort, sleep, startChild, waitForPort } from "../lib/proc.ts"
+import { type Child, freePort, sleep, startChild, waitForPort } from "../lib/proc.ts"
 import type { Environment, Running, StartOptions, System } from "./types.ts"
 
 const tsx = ["--import", "tsx"]
@@ -14,6 +14,24 @@ let instances = 0
 
 export const benchUser = { user: "bench", pass: "bench-password" }
 const cakemailUser = { user: "alice@example.test", pass: "alice-secret" }
+
+/** The upstream URL a system posts to for this run: the slow stand-in or the fast one. */
+export const upstreamUrl = (env: Environment, options: StartOptions): string =>
+  options.upstream === "slow" ? env.slowUpstreamUrl : env.upstreamUrl
+
+/** Waits for a one-process system's port; it wants STARTTLS and AUTH as the bench user in TLS mode only. */
+export const listening = async (child: Child, port: number, options: StartOptions): Promise<Running> => {
+  await waitForPort(port)
+  return {
+    port,
+    pids: () => [child.pid],
+    starttls: options.mode === "tls",
+    auth: options.mode === "tls" ? benchUser : undefined,
+    mailFrom: "sender@example.com",
+    note: undefined,
+    stop: async () => void (await child.stop())
+  }
+}
 
 /** Creates the gateway's users file once (the CLI, as an operator would). */
 const usersFile = (env: Environment): string => {
@@ -69,7 +87,7 @@ export const gateway: System = {
         AUTH_BACKEND: cakemail ? "cakemail" : "file",
         AUTH_USERS_FILE: usersFile(env),
         UPSTREAM: cakemail ? "cakemail" : "http",
-        UPSTREAM_URL: options.upstream === "slow" ? env.slowUpstreamUrl : env.upstreamUrl,
+        UPSTREAM_URL: upstreamUrl(env, options),
         ...(cakemail && env.cakemailUrl !== undefined ? { CAKEMAIL_API_URL: env.cakemailUrl } : {}),
         LOG_LEVEL: "info",
         LOG_FORMAT: "json",
@@ -117,23 +135,14 @@ export const sink: System = {
         ...process.env,
         SINK_PORT: String(port),
         SINK_MODE: options.mode,
-        UPSTREAM_URL: options.upstream === "slow" ? env.slowUpstreamUrl : env.upstreamUrl,
+        UPSTREAM_URL: upstreamUrl(env, options),
         TLS_CERT_PATH: env.certPath,
         TLS_KEY_PATH: env.keyPath,
         SINK_USER: benchUser.user,
         SINK_PASS: benchUser.pass
       }
     })
-    await waitForPort(port)
-    return {
-      port,
-      pids: () => [child.pid],
-      starttls: options.mode === "tls",
-      auth: options.mode === "tls" ? benchUser : undefined,
-      mailFrom: "sender@example.com",
-      note: undefined,
-      stop: async () => void (await child.stop())
-    }
+    return listening(child, port, options)
   }
 }
 
@@ -149,15 +158,6 @@ export const responder: System = {
       logFile: path.join(env.logDir, `responder-${++instances}.log`),
       env: { ...process.env, RESPONDER_PORT: String(port), TLS_CERT_PATH: env.certPath, TLS_KEY_PATH: env.keyPath }
     })
-    await waitForPort(port)
-    return {
-      port,
-      pids: () => [child.pid],
-      starttls: options.mode === "tls",
-      auth: options.mode === "tls" ? benchUser : undefined,
-      mailFrom: "sender@example.com",
-      note: undefined,
-      stop: async () => void (await child.stop())
-    }
+    return listening(child, port, options)
   }
 }

@@ -8,7 +8,7 @@ import { execFileSync } from "node:child_process"
 import { copyFileSync, cpSync, existsSync, mkdirSync, writeFileSync } from "node:fs"
 import * as path from "node:path"
 import { freePort, processTree, startChild, waitForPort } from "../lib/proc.ts"
-import { benchUser } from "./node.ts"
+import { benchUser, listening, upstreamUrl } from "./node.ts"
 import type { Running, System } from "./types.ts"
 
 let instances = 0
@@ -40,23 +40,14 @@ export const aiosmtpd: System = {
         ...process.env,
         PEER_PORT: String(port),
         PEER_MODE: options.mode,
-        UPSTREAM_URL: options.upstream === "slow" ? env.slowUpstreamUrl : env.upstreamUrl,
+        UPSTREAM_URL: upstreamUrl(env, options),
         TLS_CERT_PATH: env.certPath,
         TLS_KEY_PATH: env.keyPath,
         PEER_USER: benchUser.user,
         PEER_PASS: benchUser.pass
       }
     })
-    await waitForPort(port)
-    return {
-      port,
-      pids: () => [child.pid],
-      starttls: options.mode === "tls",
-      auth: options.mode === "tls" ? benchUser : undefined,
-      mailFrom: "sender@example.com",
-      note: undefined,
-      stop: async () => void (await child.stop())
-    }
+    return listening(child, port, options)
   }
 }
 
@@ -76,7 +67,7 @@ export const haraka: System = {
     const tls = options.mode === "tls"
     writeFileSync(path.join(config, "smtp.ini"), `[main]\nlisten=127.0.0.1:${port}\n; one process, as every system here\nnodes=0\n`)
     writeFileSync(path.join(config, "plugins"), [...(tls ? ["tls", "auth/flat_file"] : []), "queue_http"].join("\n") + "\n")
-    writeFileSync(path.join(config, "queue_http.ini"), `url=${options.upstream === "slow" ? env.slowUpstreamUrl : env.upstreamUrl}\n`)
+    writeFileSync(path.join(config, "queue_http.ini"), `url=${upstreamUrl(env, options)}\n`)
     writeFileSync(path.join(config, "loglevel"), "info\n")
     writeFileSync(path.join(config, "me"), "bench.localhost\n")
     writeFileSync(path.join(config, "databytes"), "26214400\n")

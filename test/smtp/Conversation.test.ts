@@ -25,6 +25,17 @@ const testConfig = (env: TestEnv = {}) =>
     ...env
   })
 
+/** Greeting, EHLO, STARTTLS, EHLO: a secured session that has not authenticated yet. */
+const secured = `
+  S: 220 *
+  C: EHLO client.test
+  S: 250 *
+  C: STARTTLS
+  S: 220 *
+  C: EHLO client.test
+  S: 250 *
+`
+
 /** Greeting, EHLO, STARTTLS, EHLO, AUTH PLAIN as alice: the preamble of most scripts. */
 const loggedIn = `
   S: 220 mx.test ESMTP ready
@@ -103,17 +114,8 @@ layer(listenerLayer(testConfig({ SMTPS_PORT: "0" })), { excludeTestServices: tru
       Effect.gen(function*() {
         const recorder = yield* Seen
         const before = recorder.verified.length
-        const tls = `
-          S: 220 *
-          C: EHLO client.test
-          S: 250 *
-          C: STARTTLS
-          S: 220 *
-          C: EHLO client.test
-          S: 250 *
-        `
         // three failures per connection at most: the third is answered 421 and closes it
-        yield* run(`${tls}
+        yield* run(`${secured}
           C: AUTH PLAIN ${plain("alice", "wrong")}
           S: 535 5.7.8 Authentication credentials invalid
           C: AUTH PLAIN ${plain("alice", "")}
@@ -121,7 +123,7 @@ layer(listenerLayer(testConfig({ SMTPS_PORT: "0" })), { excludeTestServices: tru
           C: AUTH PLAIN ${plain("", "secret", "alice")}
           S: 421 4.7.0 Too many failed authentication attempts, try again later
         `)
-        yield* run(`${tls}
+        yield* run(`${secured}
           C: AUTH PLAIN ${plain("alice", "secret", "bob")}
           S: 535 5.7.8 Authentication credentials invalid
           C: AUTH LOGIN ${b64("alice")}
@@ -134,22 +136,13 @@ layer(listenerLayer(testConfig({ SMTPS_PORT: "0" })), { excludeTestServices: tru
 
     it.effect("accepts AUTH LOGIN with an initial response (Python smtplib) and without (.NET)", () =>
       Effect.gen(function*() {
-        const prefix = `
-          S: 220 *
-          C: EHLO client.test
-          S: 250 *
-          C: STARTTLS
-          S: 220 *
-          C: EHLO client.test
-          S: 250 *
-        `
-        yield* run(`${prefix}
+        yield* run(`${secured}
           C: AUTH LOGIN ${b64("alice")}
           S: 334 UGFzc3dvcmQ6
           C: ${b64("secret")}
           S: 235 2.7.0 Authentication successful
         `)
-        yield* run(`${prefix}
+        yield* run(`${secured}
           C: AUTH LOGIN
           S: 334 VXNlcm5hbWU6
           C: ${b64("alice")}
@@ -160,14 +153,7 @@ layer(listenerLayer(testConfig({ SMTPS_PORT: "0" })), { excludeTestServices: tru
       }))
 
     it.effect("requires AUTH before MAIL", () =>
-      run(`
-        S: 220 *
-        C: EHLO client.test
-        S: 250 *
-        C: STARTTLS
-        S: 220 *
-        C: EHLO client.test
-        S: 250 *
+      run(`${secured}
         C: MAIL FROM:<alice@example.test>
         S: 530 5.7.0 Authentication required
       `))
@@ -306,14 +292,7 @@ layer(listenerLayer(testConfig({ SMTPS_PORT: "0" })), { excludeTestServices: tru
       `))
 
     it.effect("answers a defect in a hook with 451 4.3.0 and keeps the connection usable", () =>
-      run(`
-        S: 220 *
-        C: EHLO client.test
-        S: 250 *
-        C: STARTTLS
-        S: 220 *
-        C: EHLO client.test
-        S: 250 *
+      run(`${secured}
         C: AUTH PLAIN ${plain("crash", "secret")}
         S: 451 4.3.0 Internal error, try again later
         C: AUTH PLAIN ${plain("alice", "secret")}
