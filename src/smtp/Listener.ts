@@ -17,6 +17,7 @@ import { Replies, type Reply } from "../domain/Reply.ts"
 import { makeCidrMatcher } from "../policy/Cidr.ts"
 import * as Hook from "./Hook.ts"
 import { readProxyHeader } from "./Proxy.ts"
+import * as Commands from "./Commands.ts"
 import * as Session from "./Session.ts"
 import { Certificates, tlsOptions } from "./Tls.ts"
 
@@ -450,18 +451,18 @@ export class SmtpListener extends Context.Service<SmtpListener, {
             sessions.connect(session, transportOf(server, session.id), callback)
           },
           onSecure: (socket, session, callback) =>
-            sessions.hook(session, Session.secured(socket), Hook.toCallback(callback)),
+            sessions.hook(session, Commands.secured(socket), Hook.toCallback(callback)),
           onAuth: (auth, session, callback) =>
-            sessions.hook(session, Session.authenticate(auth), (outcome) =>
+            sessions.hook(session, Commands.authenticate(auth), (outcome) =>
               Result.isSuccess(outcome)
                 ? callback(null, { user: outcome.success.username })
                 : callback(Hook.toServerError(outcome.failure))),
           onMailFrom: (address, session, callback) =>
-            sessions.hook(session, Session.mailFrom(address), Hook.toCallback(callback)),
+            sessions.hook(session, Commands.mailFrom(address), Hook.toCallback(callback)),
           onRcptTo: (address, session, callback) =>
-            sessions.hook(session, Session.rcptTo(address), Hook.toCallback(callback)),
+            sessions.hook(session, Commands.rcptTo(address), Hook.toCallback(callback)),
           onData: (stream, session, callback) =>
-            sessions.hook(session, Session.data(stream), (outcome) => {
+            sessions.hook(session, Commands.data(stream), (outcome) => {
               if (Result.isFailure(outcome)) return callback(Hook.toServerError(outcome.failure))
               const reply = outcome.success
               // smtp-server sends a success as 250; any other code goes out as the error path
