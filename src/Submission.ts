@@ -33,8 +33,8 @@ export type SubmissionError = SenderRejected | MessageRejected | MessageTooLarge
 
 /** A gateway id: time-ordered (base36 milliseconds) then 10 random characters; fits a file name. */
 export const makeGatewayId = (millis: number): string =>
-  millis.toString(36).toUpperCase().padStart(9, "0") + randomBytes8().toString("base64url").slice(0, 10).toUpperCase()
-    .replace(/[^A-Z0-9]/g, "X")
+  (millis.toString(36).padStart(9, "0") + randomBytes8().readBigUInt64BE().toString(36).padStart(13, "0").slice(-10))
+    .toUpperCase()
 
 /** 8 random bytes from a pool filled 512 ids at a time (one randomFillSync call instead of one per message). */
 const randomPool = Buffer.alloc(4096)
