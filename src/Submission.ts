@@ -103,7 +103,8 @@ export class Submission extends Context.Service<Submission, {
           const id = makeGatewayId(started)
           const receivedAt = DateTime.formatIso(yield* DateTime.now)
           const context = { id, receivedAt, principal, envelope, session, hostname: config.smtp.hostname }
-          yield* Effect.annotateCurrentSpan({ "smtp.gateway_id": id, "smtp.message_size": message.size })
+          // on the caller's span (smtp.data): the id that ties the trace to the logs and the client's reply
+          yield* Effect.annotateCurrentSpan({ "smtp.gateway_id": id })
 
           const fields = {
             id,
@@ -168,8 +169,7 @@ export class Submission extends Context.Service<Submission, {
           return Replies.accepted(id)
         },
         Effect.tapError((error) => forwarded(error.reply.isTemporary ? "temporary_failure" : "rejected")),
-        Effect.trackDuration(processingDuration, Duration.toSeconds),
-        Effect.withSpan("Submission.submit")
+        Effect.trackDuration(processingDuration, Duration.toSeconds)
       )
       return Submission.of({ submit })
     })

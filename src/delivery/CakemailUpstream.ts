@@ -273,7 +273,7 @@ export const makeCakemailUpstream = Effect.fnUntraced(function*(options: Cakemai
   const api = yield* CakemailApi
   const senders = yield* CakemailSenders
 
-  const submit = Effect.fn("CakemailUpstream.submit")(function*(outbound: Outbound) {
+  const submit = Effect.fnUntraced(function*(outbound: Outbound) {
     const recipient = outbound.recipients[0]
     if (recipient === undefined || outbound.recipients.length !== 1) {
       return yield* Effect.die(`the cakemail upstream takes one recipient per call, got ${outbound.recipients.length}`)

@@ -338,14 +338,11 @@ const make = Effect.gen(function*() {
       return receipt
     })
 
+  // no span of its own: each upstream call is a delivery.submit span under the caller's (smtp.data)
   const deliver = Effect.fnUntraced(function*(request: DeliveryRequest) {
-    yield* Effect.annotateCurrentSpan({
-      "smtp.recipient_count": request.recipients.length,
-      "upstream.name": upstream.name
-    })
     const fiber = yield* FiberSet.run(inFlight, run(request))
     return yield* Fiber.join(fiber)
-  }, Effect.withSpan("Delivery.deliver"))
+  })
 
   return Delivery.of({ deliver })
 })

@@ -131,7 +131,7 @@ const make = Effect.gen(function*() {
       return yield* result.failure
     }
     return result.success
-  }, Effect.withSpan("HttpUpstream.submit"))
+  })
 
   return Upstream.of({ name: "http", perRecipient: false, submit })
 })

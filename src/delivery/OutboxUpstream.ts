@@ -66,7 +66,7 @@ const make = Effect.gen(function*() {
     )
   )
 
-  const submit = Effect.fn("OutboxUpstream.submit")(
+  const submit = Effect.fnUntraced(
     function*(outbound: Outbound) {
       if (!safeId.test(outbound.id)) return yield* Effect.die(new Error(`unsafe gateway id for a file name: ${outbound.id}`))
       const json = JSON.stringify(encodeCanonical(outbound.message), null, 2) + "\n"

@@ -33,7 +33,7 @@ export class Validator extends Context.Service<Validator, {
         if (!(yield* senders.allowed(principal, from.address))) {
           return yield* new SenderRejected({ address: from.address, where: "from-header" })
         }
-      }, Effect.withSpan("Validator.validate"))
+      })
       return Validator.of({ validate })
     })
   )

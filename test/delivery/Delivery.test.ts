@@ -460,7 +460,7 @@ describe("Delivery", () => {
       assert.strictEqual(receipt.accepted.length, 25)
     }).pipe(Effect.provide(perRecipient())))
 
-  it.effect("traces Delivery.deliver with one delivery.submit span per upstream call", () =>
+  it.effect("traces one delivery.submit span per upstream call under the caller's span", () =>
     Effect.gen(function*() {
       const spans: Array<Tracer.NativeSpan> = []
       const tracer = Tracer.make({
@@ -474,10 +474,11 @@ describe("Delivery", () => {
       yield* memory.answerWith((o) =>
         o.recipients[0] === "carol@example.org" ? MemoryUpstream.fail(rejected("no")) : MemoryUpstream.accept("api-7")
       )
-      yield* deliver(["bob@example.net", "carol@example.org"]).pipe(Effect.withTracer(tracer))
+      yield* deliver(["bob@example.net", "carol@example.org"]).pipe(Effect.withSpan("smtp.data"), Effect.withTracer(tracer))
 
-      const root = spans.find((s) => s.name === "Delivery.deliver")
+      const root = spans.find((s) => s.name === "smtp.data")
       const calls = spans.filter((s) => s.name === "delivery.submit")
+      assert.sameMembers(spans.map((s) => s.name), ["smtp.data", "delivery.submit", "delivery.submit", "DeadLetter.record"])
       assert.isDefined(root)
       assert.strictEqual(calls.length, 2)
       for (const call of calls) {
