@@ -10,6 +10,7 @@ import type * as Headers from "effect/http/Headers"
 import { AuthError, BackendUnavailable, InvalidCredentials } from "../auth/CredentialStore.ts"
 import { GatewayConfig } from "../Config.ts"
 import { errorReason, retryAfterMillis } from "../delivery/HttpReply.ts"
+import { toHttpBody } from "../delivery/JsonBody.ts"
 import { UpstreamError } from "../delivery/Upstream.ts"
 import { SendersUnavailable } from "../policy/Senders.ts"
 
@@ -96,7 +97,8 @@ export interface EmailRequest {
   readonly tags?: ReadonlyArray<string>
   readonly tracking?: { readonly opens?: boolean; readonly clicks_html?: boolean; readonly clicks_text?: boolean }
   readonly additional_headers?: ReadonlyArray<{ readonly name: string; readonly value: string }>
-  readonly attachment?: ReadonlyArray<{ readonly filename: string; readonly type: AttachmentType; readonly content: string }>
+  /** `content` goes out as base64 (delivery/JsonBody.ts). */
+  readonly attachment?: ReadonlyArray<{ readonly filename: string; readonly type: AttachmentType; readonly content: Uint8Array }>
 }
 
 /** The attachment types `POST /v2/emails` accepts. */
@@ -269,7 +271,7 @@ export class CakemailApi extends Context.Service<CakemailApi, {
           HttpClientRequest.acceptJson,
           HttpClientRequest.bearerToken(Redacted.value(token)),
           HttpClientRequest.setHeader("idempotency-key", idempotencyKey),
-          HttpClientRequest.bodyJsonUnsafe(email)
+          HttpClientRequest.setBody(toHttpBody(email))
         ), options.submitTimeout).pipe(
           Effect.mapError((failure) =>
             new UpstreamError({

@@ -6,20 +6,14 @@
 import { Clock, Effect, Layer, Metric, Option, Redacted, Schema, Stream } from "effect"
 import { HttpClient, HttpClientRequest, type HttpClientResponse } from "effect/http"
 import { ConfigInvalid, GatewayConfig } from "../Config.ts"
-import { CanonicalMessage } from "../domain/Message.ts"
 import { apiErrors, apiLatency } from "../observability/Metrics.ts"
 import { errorReason, retryAfterMillis } from "./HttpReply.ts"
+import { toHttpBody } from "./JsonBody.ts"
 import { apiErrorType, type Outbound, Upstream, type UpstreamAccepted, UpstreamError } from "./Upstream.ts"
 
 /** More than any id or error document; a larger answer is cut, never buffered whole. */
 export const maxResponseBytes = 64 * 1024
 
-/**
- * The canonical JSON body. CanonicalMessage has no transformations (its encoded form is its type, which
- * the compiler checks here), so the value toCanonical built is sent as is, without a Schema pass that
- * would copy it; the key order is the schema's, as toCanonical writes it.
- */
-const encodeCanonical = (message: typeof CanonicalMessage.Type): typeof CanonicalMessage.Encoded => message
 /** `{ "id": "..." }`; some APIs send a number. */
 const Accepted = Schema.Struct({ id: Schema.Union([Schema.NonEmptyString, Schema.Finite]) })
 const decodeAccepted = Schema.decodeUnknownOption(Schema.fromJsonString(Accepted))
@@ -105,7 +99,9 @@ const make = Effect.gen(function*() {
         onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
         onSome: (key) => HttpClientRequest.bearerToken(Redacted.value(key))
       }),
-      HttpClientRequest.bodyJsonUnsafe(encodeCanonical(outbound.message))
+      // the canonical JSON (CanonicalMessage's encoding, key order as toCanonical writes it), its
+      // attachments base64-encoded as the socket takes them
+      HttpClientRequest.setBody(toHttpBody(outbound.message))
     )
     const started = yield* Clock.currentTimeMillis
     const result = yield* client.execute(request).pipe(

@@ -64,7 +64,8 @@ export const CanonicalAttachment = Schema.Struct({
   size: Schema.Int,
   content_id: Schema.NullOr(Schema.String),
   disposition: Schema.Literals(["attachment", "inline"]),
-  content_base64: Schema.String
+  /** Bytes in the gateway, base64 on the wire: encoded only as they are sent (delivery/JsonBody.ts). */
+  content_base64: Schema.Uint8ArrayFromBase64
 })
 
 /** The canonical message of design.md §5: every key always present, `null` or `[]` when absent. */

@@ -194,8 +194,6 @@ export const deliveryRaw = (raw: Uint8Array, context: TransformContext): Uint8Ar
   return out
 }
 
-const base64 = (bytes: Uint8Array): string => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64")
-
 const address = (ref: AddressRef) => ({ address: ref.address, name: ref.name })
 
 /**
@@ -223,7 +221,7 @@ export const toCanonical = (parsed: ParsedMessage, context: TransformContext): C
     size: attachment.size,
     content_id: attachment.contentId,
     disposition: attachment.disposition,
-    content_base64: base64(attachment.content)
+    content_base64: attachment.content
   })),
   in_reply_to: parsed.inReplyTo,
   references: [...parsed.references]

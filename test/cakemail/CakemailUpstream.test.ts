@@ -13,7 +13,7 @@ const attachment = (filename: string | null, content_type: string, extra: Partia
   size: 3,
   content_id: null,
   disposition: "attachment",
-  content_base64: "AQID",
+  content_base64: new Uint8Array([1, 2, 3]),
   ...extra
 })
 

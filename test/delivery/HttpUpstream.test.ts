@@ -60,6 +60,35 @@ describe("HttpUpstream", () => {
       assert.deepStrictEqual(JSON.parse(received!.body), message.message)
     }))
 
+  it.effect("streams a message with a large attachment with its exact Content-Length, base64 on the wire", () =>
+    Effect.gen(function*() {
+      const { server, upstream } = yield* setup
+      yield* server.respondWith(() => json(202, { id: "api-big" }))
+      const content = new Uint8Array(3_000_001).map((_, i) => (i * 7) & 0xff)
+      const base = outbound()
+      const message = {
+        ...base,
+        message: {
+          ...base.message,
+          attachments: [{
+            filename: "big.bin",
+            content_type: "application/octet-stream",
+            size: content.byteLength,
+            content_id: null,
+            disposition: "attachment" as const,
+            content_base64: content
+          }]
+        }
+      }
+      assert.deepStrictEqual(yield* upstream.submit(message), { upstreamId: "api-big" })
+      const [received] = yield* server.requests
+      assert.strictEqual(received!.headers["content-length"], String(Buffer.byteLength(received!.body)))
+      assert.isUndefined(received!.headers["transfer-encoding"])
+      const body = JSON.parse(received!.body)
+      assert.isTrue(Buffer.from(body.attachments[0].content_base64, "base64").equals(content))
+      assert.deepStrictEqual({ ...body, attachments: [] }, { ...message.message, attachments: [] })
+    }))
+
   it.effect("sends no Authorization header when the principal has no API key", () =>
     Effect.gen(function*() {
       const { server, upstream } = yield* setup

@@ -1,0 +1,106 @@
+/**
+ * The JSON body of an upstream call that carries attachments: the text `JSON.stringify` would give if
+ * every Uint8Array in the value were its base64 string, without ever holding that text. Attachments stay
+ * bytes until the socket takes them, base64-encoded slice by slice; a 25 MB message no longer becomes a
+ * base64 copy, a JSON string and its UTF-8 bytes (three more copies of the message) at once.
+ */
+import { Stream } from "effect"
+import { HttpBody } from "effect/http"
+
+/** Bytes of one slice of an attachment: a multiple of 3, so the base64 of consecutive slices joins up. */
+const sliceBytes = 48 * 1024
+
+/** Up to this size a body is sent as one buffer (no stream to run): every message without large attachments. */
+export const streamFromBytes = 256 * 1024
+
+type Segment = string | Uint8Array
+
+const base64Length = (bytes: Uint8Array) => 4 * Math.ceil(bytes.byteLength / 3)
+
+const hasBytes = (v: unknown): boolean =>
+  v instanceof Uint8Array ||
+  (typeof v === "object" && v !== null && (Array.isArray(v) ? v : Object.values(v)).some(hasBytes))
+
+/**
+ * The value as JSON text pieces and raw attachment bytes, in order; the same rules as JSON.stringify
+ * for plain data (object keys in insertion order, `undefined` and functions left out of objects and
+ * written as `null` in arrays). What holds no bytes is written by JSON.stringify itself.
+ */
+const segmentsOf = (value: unknown): Array<Segment> => {
+  const segments: Array<Segment> = []
+  let text = ""
+  const write = (v: unknown): void => {
+    if (v instanceof Uint8Array) {
+      segments.push(text + "\"", v)
+      text = "\""
+    } else if (!hasBytes(v)) {
+      text += JSON.stringify(v) ?? "null"
+    } else if (Array.isArray(v)) {
+      text += "["
+      v.forEach((item, i) => {
+        if (i > 0) text += ","
+        if (item === undefined || typeof item === "function") text += "null"
+        else write(item)
+      })
+      text += "]"
+    } else if (typeof v === "object" && v !== null) {
+      text += "{"
+      let first = true
+      for (const [key, item] of Object.entries(v)) {
+        if (item === undefined || typeof item === "function") continue
+        text += `${first ? "" : ","}${JSON.stringify(key)}:`
+        first = false
+        write(item)
+      }
+      text += "}"
+    } else {
+      text += JSON.stringify(v) ?? "null"
+    }
+  }
+  write(value)
+  segments.push(text)
+  return segments
+}
+
+/** The byte chunks of the segments: text as UTF-8, attachments as base64 in slices. */
+function* chunksOf(segments: ReadonlyArray<Segment>): Generator<Uint8Array> {
+  for (const segment of segments) {
+    if (typeof segment === "string") {
+      if (segment !== "") yield Buffer.from(segment, "utf8")
+      continue
+    }
+    const bytes = Buffer.from(segment.buffer, segment.byteOffset, segment.byteLength)
+    for (let at = 0; at < bytes.length; at += sliceBytes) {
+      yield Buffer.from(bytes.subarray(at, at + sliceBytes).toString("base64"), "latin1")
+    }
+  }
+}
+
+export interface JsonBody {
+  readonly byteLength: number
+  /** The body's bytes, made afresh each time (a retry sends it again). */
+  readonly chunks: () => Iterable<Uint8Array>
+}
+
+export const jsonBody = (value: unknown): JsonBody => {
+  const segments = segmentsOf(value)
+  const byteLength = segments.reduce(
+    (n, s) => n + (typeof s === "string" ? Buffer.byteLength(s, "utf8") : base64Length(s)),
+    0
+  )
+  return { byteLength, chunks: () => chunksOf(segments) }
+}
+
+/** The whole text: for tests and small bodies. */
+export const jsonText = (value: unknown): string =>
+  Buffer.concat([...jsonBody(value).chunks()]).toString("utf8")
+
+/** An HTTP body: one buffer when small, else a stream the client writes as the socket drains. */
+export const toHttpBody = (value: unknown): HttpBody.HttpBody => {
+  if (!hasBytes(value)) return HttpBody.uint8Array(Buffer.from(JSON.stringify(value) ?? "null", "utf8"), "application/json")
+  const body = jsonBody(value)
+  if (body.byteLength <= streamFromBytes) {
+    return HttpBody.uint8Array(Buffer.concat([...body.chunks()], body.byteLength), "application/json")
+  }
+  return HttpBody.stream(Stream.suspend(() => Stream.fromIterable(body.chunks())), "application/json", body.byteLength)
+}

@@ -1,0 +1,79 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Schema } from "effect"
+import { CanonicalMessage } from "../../src/domain/Message.ts"
+import { jsonBody, jsonText, streamFromBytes, toHttpBody } from "../../src/delivery/JsonBody.ts"
+
+const encodeCanonical = Schema.encodeSync(CanonicalMessage)
+
+const bytes = (n: number, seed = 7) => {
+  const out = new Uint8Array(n)
+  for (let i = 0; i < n; i++) out[i] = (i * 31 + seed) & 0xff
+  return out
+}
+
+const message = (attachments: ReadonlyArray<Uint8Array>): CanonicalMessage => ({
+  id: "0K3F2ABCDEFGHIJKLMN",
+  received_at: "2026-11-21T10:00:00.000Z",
+  principal: { username: "alice" },
+  envelope: { mail_from: "alice@example.com", rcpt_to: ["bob@example.net", "\"q\\uote\"@example.net"] },
+  message_id: "<m1@example.com>",
+  date: null,
+  from: { address: "alice@example.com", name: "Alice \"A\" Ä" },
+  reply_to: [],
+  to: [{ address: "bob@example.net", name: null }],
+  cc: [],
+  subject: "café ☕ \u0000 \ud800 line\r\nbreak",
+  text: "Hi 👋\n",
+  html: null,
+  headers: [{ name: "X-Test", value: "</script>\u2028" }],
+  attachments: attachments.map((content, i) => ({
+    filename: `a${i}.bin`,
+    content_type: "application/octet-stream",
+    size: content.byteLength,
+    content_id: null,
+    disposition: "attachment" as const,
+    content_base64: content
+  })),
+  in_reply_to: null,
+  references: ["<r1@example.com>"]
+})
+
+describe("JsonBody", () => {
+  it("writes exactly the JSON of the schema's encoding, attachments as base64", () => {
+    for (const attachments of [[], [new Uint8Array(0)], [bytes(1), bytes(2), bytes(3)], [bytes(49_153), bytes(300_001, 3)]]) {
+      const m = message(attachments)
+      assert.strictEqual(jsonText(m), JSON.stringify(encodeCanonical(m)))
+    }
+  })
+
+  it("follows JSON.stringify for undefined, functions, nested arrays and numbers", () => {
+    const value = { a: undefined, b: [undefined, () => 1, 1.5e300, -0, [[]]], c: { d: null, e: true }, f: () => 2, g: new Uint8Array([255]) }
+    assert.strictEqual(jsonText(value), JSON.stringify({ ...value, g: "/w==" }))
+  })
+
+  it("knows its length in bytes before making them", () => {
+    const m = message([bytes(100_000), bytes(5)])
+    const body = jsonBody(m)
+    assert.strictEqual(body.byteLength, Buffer.byteLength(JSON.stringify(encodeCanonical(m)), "utf8"))
+  })
+
+  it("makes the bytes afresh for each send, in slices of at most 64 KiB", () => {
+    const body = jsonBody(message([bytes(1_000_000)]))
+    const first = [...body.chunks()]
+    const again = [...body.chunks()]
+    assert.isAbove(first.length, 16)
+    for (const chunk of first) assert.isAtMost(chunk.byteLength, 64 * 1024)
+    assert.isTrue(Buffer.concat(first).equals(Buffer.concat(again)))
+    assert.strictEqual(Buffer.concat(first).byteLength, body.byteLength)
+  })
+
+  it("sends a small body as one buffer and a large one as a stream of known length", () => {
+    const small = toHttpBody(message([bytes(1000)]))
+    assert.strictEqual(small._tag, "Uint8Array")
+    const large = toHttpBody(message([bytes(streamFromBytes)]))
+    assert.strictEqual(large._tag, "Stream")
+    if (large._tag !== "Stream") return
+    assert.strictEqual(large.contentLength, jsonBody(message([bytes(streamFromBytes)])).byteLength)
+    assert.strictEqual(large.contentType, "application/json")
+  })
+})
