@@ -91,7 +91,7 @@ export const jsonBody = (value: unknown): JsonBody => {
   return { byteLength, chunks: () => chunksOf(segments) }
 }
 
-/** The whole text: for tests and small bodies. */
+/** The whole text, as one string (tests compare it with JSON.stringify). */
 export const jsonText = (value: unknown): string =>
   Buffer.concat([...jsonBody(value).chunks()]).toString("utf8")
 
