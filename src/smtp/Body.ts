@@ -84,15 +84,40 @@ export const makeLineEndingNormalizer = (push: (chunk: Buffer) => void) => {
 }
 
 /**
- * The chunks as one Buffer: from Parser's `sharedFromBytes` on in a SharedArrayBuffer, which the parse
- * worker reads without a copy; else an ordinary one.
+ * Where a message's bytes go as they arrive (at most `limit`): a list of chunks while the message is
+ * small; from Parser's `sharedFromBytes` on, one SharedArrayBuffer of `limit` bytes reserved at once and
+ * written in place. The OS backs only the pages written, so a message costs its own size, once: it is
+ * never copied into a second buffer at the end, and the parse worker reads it without a copy.
  */
-const joinChunks = (chunks: ReadonlyArray<Buffer>, size: number): Buffer => {
-  if (size < sharedFromBytes) return Buffer.concat(chunks, size)
-  const out = Buffer.from(new SharedArrayBuffer(size))
-  let offset = 0
-  for (const chunk of chunks) offset += chunk.copy(out, offset)
-  return out
+const makeAccumulator = (limit: number) => {
+  let chunks: Array<Buffer> = []
+  let shared: Buffer | undefined
+  let size = 0
+  return {
+    get size() {
+      return size
+    },
+    /** The caller keeps `size + chunk.length` within `limit`. */
+    push(chunk: Buffer): void {
+      if (shared === undefined && size + chunk.length >= sharedFromBytes) {
+        shared = Buffer.from(new SharedArrayBuffer(limit))
+        let offset = 0
+        for (const held of chunks) offset += held.copy(shared, offset)
+        chunks = []
+      }
+      if (shared === undefined) chunks.push(chunk)
+      else chunk.copy(shared, size)
+      size += chunk.length
+    },
+    bytes(): Uint8Array {
+      const out = shared === undefined ? Buffer.concat(chunks, size) : shared.subarray(0, size)
+      return new Uint8Array(out.buffer, out.byteOffset, out.byteLength)
+    },
+    clear(): void {
+      chunks = []
+      shared = undefined
+    }
+  }
 }
 
 /** A received message, and how many bare CR or LF it had (rewritten to CRLF in `raw`). */
@@ -108,19 +133,17 @@ export const readBody = (
     if (stream.destroyed) {
       return resume(Effect.fail(new BodyInterrupted({ detail: "the stream was closed before the message was read" })))
     }
-    const chunks: Array<Buffer> = []
+    const received = makeAccumulator(limit)
     const hash = crypto.createHash("sha256")
-    let size = 0
     let over = false
     const normalizer = makeLineEndingNormalizer((chunk) => {
       if (over) return
-      if (size + chunk.length > limit) {
+      if (received.size + chunk.length > limit) {
         over = true
-        chunks.length = 0
+        received.clear()
         return
       }
-      size += chunk.length
-      chunks.push(chunk)
+      received.push(chunk)
       hash.update(chunk)
     })
     const onData = (chunk: Buffer) => {
@@ -136,11 +159,11 @@ export const readBody = (
       cleanup()
       normalizer.end()
       if (over || stream.sizeExceeded === true) return resume(Effect.fail(new MessageTooLarge({ limit })))
-      const raw = joinChunks(chunks, size)
-      chunks.length = 0
+      const raw = received.bytes()
+      received.clear()
       resume(Effect.succeed({
-        raw: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength),
-        size,
+        raw,
+        size: raw.byteLength,
         sha256: hash.digest("hex"),
         bareLineEndings: normalizer.bareLineEndings()
       }))
@@ -160,7 +183,7 @@ export const readBody = (
     // interrupted (shutdown): stop keeping bytes, let whatever is left drain into nothing
     return Effect.sync(() => {
       cleanup()
-      chunks.length = 0
+      received.clear()
       stream.resume()
     })
   })

@@ -2,6 +2,7 @@ import * as crypto from "node:crypto"
 import { PassThrough } from "node:stream"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber } from "effect"
+import { sharedFromBytes } from "../../src/message/Parser.ts"
 import { readBody } from "../../src/smtp/Body.ts"
 
 const feed = (stream: PassThrough, chunks: ReadonlyArray<Buffer>) =>
@@ -21,6 +22,28 @@ describe("Body", () => {
       assert.strictEqual(Buffer.from(message.raw).toString(), expected.toString())
       assert.strictEqual(message.size, expected.length)
       assert.strictEqual(message.sha256, crypto.createHash("sha256").update(expected).digest("hex"))
+    }))
+
+  it.live("writes a large message in place into shared memory, a small one into an ordinary buffer", () =>
+    Effect.gen(function*() {
+      const line = (i: number) => Buffer.from(`line ${i} ${"x".repeat(60)}\r\n`)
+      const lines = Array.from({ length: 10_000 }, (_, i) => line(i))
+      const expected = Buffer.concat(lines)
+      assert.isAbove(expected.length, sharedFromBytes)
+      const stream = new PassThrough()
+      const fiber = yield* Effect.forkChild(readBody(stream, 1_000_000))
+      yield* feed(stream, lines)
+      const large = yield* Fiber.join(fiber)
+      assert.instanceOf(large.raw.buffer, SharedArrayBuffer)
+      assert.strictEqual(large.raw.byteOffset, 0)
+      assert.isTrue(Buffer.from(large.raw).equals(expected), "every byte, in order")
+      assert.strictEqual(large.size, expected.length)
+      assert.strictEqual(large.sha256, crypto.createHash("sha256").update(expected).digest("hex"))
+
+      const small = new PassThrough()
+      const smallFiber = yield* Effect.forkChild(readBody(small, 1_000_000))
+      yield* feed(small, lines.slice(0, 10))
+      assert.notInstanceOf((yield* Fiber.join(smallFiber)).raw.buffer, SharedArrayBuffer)
     }))
 
   it.live("accepts a message of exactly the limit", () =>
