@@ -6,6 +6,7 @@
 import * as os from "node:os"
 import * as path from "node:path"
 import { Config, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { parseCidr } from "./policy/Cidr.ts"
 
 export type AuthBackendKind = "file" | "http" | "cakemail"
 export type UpstreamKind = "outbox" | "http" | "cakemail"
@@ -152,7 +153,7 @@ const oneOf = <const A extends string>(choices: ReadonlyArray<A>): Check<A> => (
 const text: Check<string> = (value) => ({ ok: value })
 const cidr: Check<ReadonlyArray<string>> = (value) => {
   const items = value.split(/[\s,]+/).filter((s) => s !== "")
-  const bad = items.filter((c) => !/^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]+)(\/\d{1,3})?$/.test(c))
+  const bad = items.filter((c) => parseCidr(c) === undefined)
   return bad.length === 0 ? { ok: items } : { problem: `${bad.map((b) => `"${b}"`).join(", ")} not CIDR (like 10.0.0.0/8)` }
 }
 

@@ -68,6 +68,13 @@ describe("GatewayConfig", () => {
       assert.match(error.message, /^Invalid configuration:\n {2}/)
     }))
 
+  it.effect("refuses a CIDR list entry that would match nothing: a prefix too long, an octet over 255, a word", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(load({ TRUSTED_PROXIES: "10.0.0.0/8, 10.0.0.0/33, 999.1.1.1, beef, ::1/128, 10.1.2.3" }))
+      assert.strictEqual(error.problems.length, 1)
+      assert.match(error.problems[0]!, /^TRUSTED_PROXIES: "10\.0\.0\.0\/33", "999\.1\.1\.1", "beef" not CIDR/)
+    }))
+
   it.effect("never echoes a secret it could not parse", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(load({ REDIS_URL: "http://user:hunter2@redis" }))

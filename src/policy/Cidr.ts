@@ -12,22 +12,26 @@ export const normalizeAddress = (address: string): string => {
   return mapped === null ? lower : mapped[1]!
 }
 
-/** True when `address` is in one of `cidrs`; entries that are not CIDRs or addresses are ignored. */
+/** One CIDR (or bare address) of a list, or `undefined` when it is neither: the one rule Config checks with. */
+export const parseCidr = (entry: string): { readonly address: string; readonly prefix: number; readonly type: "ipv4" | "ipv6" } | undefined => {
+  const [rawAddress = "", rawPrefix, ...rest] = entry.split("/")
+  const address = normalizeAddress(rawAddress)
+  const family = net.isIP(address)
+  if (family === 0 || rest.length > 0) return undefined
+  const max = family === 4 ? 32 : 128
+  const prefix = rawPrefix === undefined ? max : /^\d{1,3}$/.test(rawPrefix) ? Number(rawPrefix) : Number.NaN
+  return prefix >= 0 && prefix <= max ? { address, prefix, type: family === 4 ? "ipv4" : "ipv6" } : undefined
+}
+
+/** True when `address` is in one of `cidrs` (each accepted by `parseCidr`: Config refuses the others at startup). */
 export type CidrMatcher = (address: string) => boolean
 
 export const makeCidrMatcher = (cidrs: ReadonlyArray<string>): CidrMatcher => {
   if (cidrs.length === 0) return () => false
   const list = new net.BlockList()
   for (const entry of cidrs) {
-    const [rawAddress = "", rawPrefix] = entry.split("/")
-    const address = normalizeAddress(rawAddress)
-    const family = net.isIP(address)
-    if (family === 0) continue
-    const type = family === 4 ? "ipv4" : "ipv6"
-    const max = family === 4 ? 32 : 128
-    const prefix = rawPrefix === undefined ? max : Number(rawPrefix)
-    if (!Number.isInteger(prefix) || prefix < 0 || prefix > max) continue
-    list.addSubnet(address, prefix, type)
+    const cidr = parseCidr(entry)
+    if (cidr !== undefined) list.addSubnet(cidr.address, cidr.prefix, cidr.type)
   }
   return (raw) => {
     const address = normalizeAddress(raw)
