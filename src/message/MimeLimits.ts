@@ -106,7 +106,9 @@ export const checkMimeLimits = (raw: Uint8Array, limits: MimeLimitOptions): Mime
           if (entity.headers > limits.maxHeaders) {
             return { limit: "headers", reason: `a header section has more than ${limits.maxHeaders} fields` }
           }
-          const colon = bytes.indexOf(0x3a, start)
+          // the colon of this line only: a search to the end of the message would make the pass quadratic
+          const found = bytes.subarray(start, lineEnd).indexOf(0x3a)
+          const colon = found < 0 ? -1 : start + found
           const name = colon > start && colon < lineEnd ? bytes.toString("latin1", start, colon).trim().toLowerCase() : ""
           entity.field = name === "content-type" || name === "content-transfer-encoding" ? name : "other"
           const value = colon > start && colon < lineEnd ? bytes.toString("latin1", colon + 1, lineEnd) : ""

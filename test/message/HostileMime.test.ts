@@ -44,6 +44,14 @@ describe("MIME limits", () => {
     assert.isUndefined(checkMimeLimits(bytes(nested(3)), small))
   })
 
+  it("reads a header line without a colon as a field of its own, not as the next line's", () => {
+    const text = `From: a@example.test${CRLF}Content-Type: multipart/mixed; boundary="b"${CRLF}${CRLF}` +
+      `--b${CRLF}no colon here${CRLF}Content-Type: multipart/mixed; boundary="c"${CRLF}${CRLF}--c${CRLF}${CRLF}x${CRLF}--c--${CRLF}--b--${CRLF}`
+    // the inner multipart is still seen (depth 3), so a depth limit of 2 refuses the message
+    assert.strictEqual(checkMimeLimits(bytes(text), { ...small, maxDepth: 2 })?.limit, "depth")
+    assert.isUndefined(checkMimeLimits(bytes(text), small))
+  })
+
   it("counts MIME parts, the message itself included", () => {
     assert.strictEqual(checkMimeLimits(bytes(multipart(5)), small)?.limit, "parts")
   })
