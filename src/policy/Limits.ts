@@ -193,6 +193,11 @@ export const makeLimits = (lockouts: LockoutStore) =>
     const consume = (scope: "ip" | "user", key: string, limit: number) =>
       limiter.consume({ key: `${scope}:${key}`, limit, window: "1 minute", algorithm: "fixed-window", onExceeded: "fail" }).pipe(
         Effect.asVoid,
+        // a Redis client queues commands while it reconnects: without this, MAIL would wait for it
+        Effect.timeoutOrElse({
+          duration: storeTimeout,
+          orElse: () => Effect.logWarning("rate limiter store timed out; letting the message through")
+        }),
         Effect.catchReason("RateLimiterError", "RateLimitExceeded", (exceeded) =>
           Effect.fail(new RateLimited({ scope, retryAfterSeconds: Duration.toSeconds(exceeded.retryAfter) }))),
         Effect.catchTag("RateLimiterError", (error) =>

@@ -1,10 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Option } from "effect"
+import { Duration, Effect, Fiber, Layer, Option } from "effect"
+import { RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import { GatewayConfig } from "../../src/Config.ts"
 import { makeCidrMatcher } from "../../src/policy/Cidr.ts"
 import { recipientRule } from "../../src/policy/EnvelopePolicy.ts"
-import { authBlockDuration, authFailureWindow, Limits } from "../../src/policy/Limits.ts"
+import { authBlockDuration, authFailureWindow, Limits, makeLimits, makeMemoryLockoutStore } from "../../src/policy/Limits.ts"
 import { testConfig } from "../smtp/harness.ts"
 import type { TestEnv } from "../support/TestConfig.ts"
 
@@ -12,6 +13,28 @@ const limits = (env: TestEnv = {}) =>
   Limits.layerMemory.pipe(Layer.provide(GatewayConfig.layerWith(testConfig(env))))
 
 describe("Limits (memory)", () => {
+  it.effect("lets a message through when the rate limiter store does not answer, each count giving up after a second", () =>
+    Effect.gen(function*() {
+      const hanging = RateLimiter.RateLimiter.of({
+        [RateLimiter.TypeId]: RateLimiter.TypeId,
+        consume: () => Effect.never,
+        adaptiveConsume: () => Effect.never,
+        adaptiveFeedback: () => Effect.never
+      })
+      const l = yield* makeLimits(makeMemoryLockoutStore()).pipe(
+        Effect.provideService(RateLimiter.RateLimiter, hanging),
+        Effect.provide(GatewayConfig.layerWith(testConfig({})))
+      )
+      const fiber = yield* Effect.forkChild(l.consumeMessage("192.0.2.1", "alice"))
+      yield* TestClock.adjust("999 millis")
+      assert.isUndefined(fiber.pollUnsafe(), "still waiting before the second is up")
+      // the per-IP count gives up at 1 s, then the per-user count at 2 s
+      yield* TestClock.adjust("1 second")
+      assert.isUndefined(fiber.pollUnsafe(), "the per-user count is still waiting")
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+    }))
+
   it.effect("refuses the message over RATE_LIMIT_PER_IP until the minute has passed", () =>
     Effect.gen(function*() {
       const l = yield* Limits
