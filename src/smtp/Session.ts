@@ -267,8 +267,6 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
   }
 
   const connect: Sessions["connect"] = (s, transport, callback) => {
-    const closed = Deferred.makeUnsafe<void>()
-    closers.set(s.id, closed) // before anything async: an early onClose still ends the session
     if (draining) return refuse(callback)
     if (!admit(s)) {
       runFork(Effect.logInfo("connection refused: too many connections").pipe(
@@ -276,6 +274,8 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
       ))
       return refuse(callback, Replies.tooManyConnections)
     }
+    const closed = Deferred.makeUnsafe<void>()
+    closers.set(s.id, closed) // before anything async: an early onClose still ends the session
     const opened = Effect.gen(function*() {
       const ready = yield* Deferred.make<boolean>()
       const fiber = yield* FiberMap.run(fibers, s.id, sessionFiber(s, transport, closed, ready))
@@ -291,6 +291,7 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
   const disconnected: Sessions["disconnected"] = (id) => {
     release(id)
     const closed = closers.get(id)
+    closers.delete(id)
     if (closed !== undefined) Deferred.doneUnsafe(closed, Exit.void)
   }
 
