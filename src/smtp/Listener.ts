@@ -49,7 +49,6 @@ const libraryReply = (code: number, text: string | null | undefined, context: st
   if (code === 421 && text?.endsWith(" You talk too soon")) return Replies.talkedTooSoon
   if (code === 421 && text === "HTTP requests not allowed") return Replies.httpRefused
   if (code === 421 && text === "Error: Command line too long") return Replies.lineTooLong
-  if (code === 421 && text?.endsWith(" Too many connected clients, try again in a moment")) return Replies.tooManyConnections
   if (code === 421 && (text === "Error: too many unrecognized commands" || text === "Error: too many unauthenticated commands")) {
     return Replies.tooManyErrors
   }
@@ -220,12 +219,9 @@ class GatewayConnection extends ProtocolGuard {
   }
 
   override init(): void {
-    // SMTPConnection.init with `greetingDelayMillis` instead of 100 ms
+    // SMTPConnection.init with `greetingDelayMillis` instead of 100 ms, and without its own maxClients
+    // check: Sessions.admit counts MAX_CONNECTIONS across both listeners, with the metric and the log line
     this._setListeners(() => {
-      const maxClients = this._server.options.maxClients
-      if (maxClients && this._server.connections.size > maxClients) {
-        return this.send(421, this.name + " Too many connected clients, try again in a moment", false)
-      }
       this.openEarly()
       setTimeout(() => this.connectionReady(), greetingDelayMillis).unref()
     })

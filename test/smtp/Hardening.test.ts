@@ -1,7 +1,7 @@
 import * as net from "node:net"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Metric, Option } from "effect"
-import { bareLineEndings } from "../../src/observability/Metrics.ts"
+import { bareLineEndings, connectionsTotal } from "../../src/observability/Metrics.ts"
 import { connect, type SmtpClient } from "../support/SmtpClient.ts"
 import { auth, b64, plain, secure, startListener, testConfig, transaction } from "./harness.ts"
 
@@ -63,17 +63,20 @@ describe("connection limits", () => {
       assert.strictEqual((yield* fourth.readReply).code, 220)
     }))
 
-  it.live("exempts ALLOWLIST_CIDRS from the per-IP limit but not from MAX_CONNECTIONS", () =>
+  it.live("exempts ALLOWLIST_CIDRS from the per-IP limit but not from MAX_CONNECTIONS, and counts the refusal", () =>
     Effect.gen(function*() {
       const { listener } = yield* startListener(
         testConfig({ MAX_CONNECTIONS_PER_IP: "1", MAX_CONNECTIONS: "2", ALLOWLIST_CIDRS: "127.0.0.0/8" })
       )
+      const rejected = Metric.value(Metric.withAttributes(connectionsTotal, { result: "rejected" }))
+      const before = (yield* rejected).count
       const first = yield* connect({ port: listener.port })
       const second = yield* connect({ port: listener.port })
       assert.strictEqual((yield* first.readReply).code, 220)
       assert.strictEqual((yield* second.readReply).code, 220)
       const third = yield* connect({ port: listener.port })
       assert.strictEqual(yield* lastLine(third), "421 4.7.0 Too many connections, try again later")
+      assert.strictEqual((yield* rejected).count, before + 1, "smtp_connections_total{result=\"rejected\"}")
     }))
 
   it.live("closes a STARTTLS handshake that does not finish within TLS_HANDSHAKE_TIMEOUT", () =>
