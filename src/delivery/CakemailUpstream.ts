@@ -11,7 +11,7 @@ import { GatewayConfig } from "../Config.ts"
 import type { CanonicalMessage } from "../domain/Message.ts"
 import type { SendersUnavailable } from "../policy/Senders.ts"
 import { shortReason } from "./HttpReply.ts"
-import { type Outbound, Upstream, UpstreamError } from "./Upstream.ts"
+import { metered, type Outbound, Upstream, UpstreamError } from "./Upstream.ts"
 
 export interface CakemailUpstreamOptions {
   /** `content.type` when no `x-email-api-type` header says otherwise (CAKEMAIL_EMAIL_TYPE). */
@@ -308,11 +308,11 @@ export const makeCakemailUpstream = Effect.fnUntraced(function*(options: Cakemai
         )
     })
 
-    const submitted = yield* api.submitEmail(
+    const submitted = yield* metered(api.submitEmail(
       token.value,
       draft.success.request(recipient, sender.id),
       outbound.idempotencyKey
-    )
+    ))
     yield* Effect.annotateCurrentSpan({ "cakemail.email_id": submitted.id, "cakemail.status": submitted.status })
     if (submitted.status === "rejected" || submitted.status === "error") {
       return yield* rejected(`the email API answered status ${submitted.status} (email ${shortReason(submitted.id, 60)})`)

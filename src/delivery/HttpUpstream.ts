@@ -3,13 +3,12 @@
  * the principal's bearer key, an Idempotency-Key and `traceparent`; the answer's status becomes an
  * `UpstreamAccepted` or a classified `UpstreamError`. No timeout or retry here: Delivery owns both.
  */
-import { Clock, Effect, Layer, Metric, Option, Redacted, Schema, Stream } from "effect"
+import { Clock, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
 import { HttpClient, HttpClientRequest, type HttpClientResponse } from "effect/http"
 import { ConfigInvalid, GatewayConfig } from "../Config.ts"
-import { apiErrors, apiLatency } from "../observability/Metrics.ts"
 import { errorReason, retryAfterMillis } from "./HttpReply.ts"
 import { toHttpBody } from "./JsonBody.ts"
-import { apiErrorType, type Outbound, Upstream, type UpstreamAccepted, UpstreamError } from "./Upstream.ts"
+import { metered, type Outbound, Upstream, type UpstreamAccepted, UpstreamError } from "./Upstream.ts"
 
 /** More than any id or error document; a larger answer is cut, never buffered whole. */
 export const maxResponseBytes = 64 * 1024
@@ -103,8 +102,7 @@ const make = Effect.gen(function*() {
       // attachments base64-encoded as the socket takes them
       HttpClientRequest.setBody(toHttpBody(outbound.message))
     )
-    const started = yield* Clock.currentTimeMillis
-    const result = yield* client.execute(request).pipe(
+    return yield* metered(client.execute(request).pipe(
       Effect.catchTag("HttpClientError", (e) =>
         Effect.logWarning("the email API could not be reached", e.reason._tag, e.message).pipe(
           Effect.andThen(new UpstreamError({ kind: "Temporary", detail: "the email API could not be reached" }))
@@ -117,16 +115,8 @@ const make = Effect.gen(function*() {
           return yield* classify(response.status, body, retryAfterMillis(response.headers["retry-after"], now))
         })
       ),
-      Effect.scoped,
-      Effect.result
-    )
-    const finished = yield* Clock.currentTimeMillis
-    yield* Metric.update(apiLatency, (finished - started) / 1000)
-    if (result._tag === "Failure") {
-      yield* Metric.update(Metric.withAttributes(apiErrors, { type: apiErrorType(result.failure.kind) }), 1)
-      return yield* result.failure
-    }
-    return result.success
+      Effect.scoped
+    ))
   })
 
   return Upstream.of({ name: "http", perRecipient: false, submit })

@@ -4,10 +4,11 @@
  * `layerMemory` records what was sent and answers as a test tells it (`MemoryUpstream`).
  * Classifies failures (UpstreamError); it does not time out, retry or fan out: Delivery does.
  */
-import { Context, Duration, Effect, Layer, Ref, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Metric, Ref, Schema } from "effect"
 import type { Mailbox } from "../domain/Address.ts"
 import type { CanonicalMessage, ReceivedMessage } from "../domain/Message.ts"
 import type { Principal } from "../domain/Principal.ts"
+import { apiErrors, apiLatency } from "../observability/Metrics.ts"
 
 /** One call to the upstream: the whole message, for the recipients of this call. */
 export interface Outbound {
@@ -49,6 +50,11 @@ export class UpstreamError extends Schema.TaggedError<UpstreamError>()("Upstream
   get isTemporary() {
     return this.kind === "Temporary" || this.kind === "Timeout"
   }
+
+  /** What logs and causes show: the detail (the error has no message of its own). */
+  override get message() {
+    return this.detail
+  }
 }
 
 /** The `type` label of `smtp_api_errors_total` and the `upstream.status` span attribute for a failure. */
@@ -66,6 +72,30 @@ export const apiErrorType = (kind: UpstreamError["kind"]): "temporary" | "timeou
       return "unauthorized"
   }
 }
+
+/** `smtp_api_errors_total` by type, made once. */
+const apiErrorsBy = {
+  temporary: Metric.withAttributes(apiErrors, { type: "temporary" }),
+  timeout: Metric.withAttributes(apiErrors, { type: "timeout" }),
+  rejected: Metric.withAttributes(apiErrors, { type: "rejected" }),
+  too_large: Metric.withAttributes(apiErrors, { type: "too_large" }),
+  unauthorized: Metric.withAttributes(apiErrors, { type: "unauthorized" })
+}
+
+/**
+ * One call to an email API, timed (`smtp_api_latency_seconds`) and, when it fails, counted by type
+ * (`smtp_api_errors_total`). Each upstream wraps its API call in it, and nothing else (a refusal made
+ * before any call is not an API error).
+ */
+export const metered = <A, R>(call: Effect.Effect<A, UpstreamError, R>): Effect.Effect<A, UpstreamError, R> =>
+  Effect.gen(function*() {
+    const started = yield* Clock.currentTimeMillis
+    const result = yield* Effect.result(call)
+    yield* Metric.update(apiLatency, ((yield* Clock.currentTimeMillis) - started) / 1000)
+    if (result._tag === "Success") return result.success
+    yield* Metric.update(apiErrorsBy[apiErrorType(result.failure.kind)], 1)
+    return yield* result.failure
+  })
 
 /** How the memory upstream answers one call; `delay` passes on the Clock first (TestClock in tests). */
 export type MemoryAnswer =

@@ -1,6 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Option, Redacted, Result } from "effect"
+import { Effect, Metric, Option, Redacted, Result } from "effect"
 import { attachmentNamePattern, mapAttachments, sanitizeAttachmentName } from "../../src/delivery/CakemailUpstream.ts"
+import { UpstreamError } from "../../src/delivery/Upstream.ts"
+import { apiErrors, apiLatency } from "../../src/observability/Metrics.ts"
 import type { CanonicalMessage } from "../../src/domain/Message.ts"
 import { Faults } from "../support/FakeCakemail.ts"
 import { login, message, submit, withCakemail } from "./harness.ts"
@@ -282,6 +284,22 @@ describe("CakemailUpstream", () => {
             assert.include(error.detail, `status ${status}`)
           }
         })
+      ))
+
+    it.live("times every email call and counts failed ones by type, but not a refusal made before any call", () =>
+      withCakemail((fake) =>
+        Effect.gen(function*() {
+          const principal = yield* login()
+          yield* fake.fault("emails", Faults.validation("no"), 1)
+          yield* fake.fault("emails", Faults.serverError(), 1)
+          for (let i = 0; i < 2; i++) yield* submit(principal).pipe(Effect.flip)
+          yield* submit(principal)
+          yield* submit(principal, message({ subject: null })).pipe(Effect.flip)
+          const count = (type: string) => Effect.map(Metric.value(Metric.withAttributes(apiErrors, { type })), (v) => v.count)
+          assert.deepStrictEqual([yield* count("rejected"), yield* count("temporary")], [1, 1])
+          assert.strictEqual((yield* Metric.value(apiLatency)).count, 3)
+          assert.strictEqual(new UpstreamError({ kind: "Temporary", detail: "HTTP 500" }).message, "HTTP 500", "logs show the detail")
+        }).pipe(Effect.provideService(Metric.MetricRegistry, new Map()))
       ))
 
     it.live("turns a 422 detail body into a short reason", () =>
