@@ -49,22 +49,31 @@ const rejectEarly = (credentials: Credentials): boolean =>
   Redacted.value(credentials.password) === "" ||
   Option.exists(credentials.authzid, (authzid) => authzid !== "" && authzid !== credentials.username)
 
+/**
+ * A key for credentials that keeps no password, even hashed plainly: an HMAC under a key made for this
+ * process, over the user name's length, the user name and the password (the length keeps ("a\0", "b")
+ * and ("a", "\0b") apart). Each call makes a new process key.
+ */
+export const makeCredentialKey = (): (credentials: Credentials) => string => {
+  const hmacKey = crypto.randomBytes(32)
+  return (credentials) => {
+    const username = Buffer.from(credentials.username, "utf8")
+    const length = Buffer.alloc(4)
+    length.writeUInt32BE(username.length)
+    return crypto.createHmac("sha256", hmacKey)
+      .update(length)
+      .update(username)
+      .update(Redacted.value(credentials.password), "utf8")
+      .digest("base64")
+  }
+}
+
 export const makeAuthenticator = (
   store: CredentialStore["Service"],
   options: { readonly cacheTtl: Duration.Duration }
 ): Effect.Effect<Authenticator["Service"]> =>
   Effect.gen(function*() {
-    const hmacKey = crypto.randomBytes(32)
-    const cacheKey = (credentials: Credentials): string => {
-      const username = Buffer.from(credentials.username, "utf8")
-      const length = Buffer.alloc(4)
-      length.writeUInt32BE(username.length)
-      return crypto.createHmac("sha256", hmacKey)
-        .update(length)
-        .update(username)
-        .update(Redacted.value(credentials.password), "utf8")
-        .digest("base64")
-    }
+    const cacheKey = makeCredentialKey()
 
     // The credentials of lookups in flight, by key: the cache's lookup only receives the key. An entry
     // lives while some verify waits for it, so no password outlives its lookup.

@@ -4,11 +4,11 @@
  * CakemailSenders: each account's confirmed senders, cached with a TTL, refreshed once on a miss.
  * It does not cache principals: auth/Authenticator.ts does, until `expiresAt` at the latest.
  */
-import { createHmac, randomBytes } from "node:crypto"
 import { Cache, Clock, Context, Duration, Effect, Exit, Layer, Option, Redacted } from "effect"
 import { type CakemailSender, CakemailApi, type TokenGrant, type TokenRefused } from "../cakemail/CakemailApi.ts"
 import { type Credentials, Principal } from "../domain/Principal.ts"
 import { Senders, SendersUnavailable } from "../policy/Senders.ts"
+import { makeCredentialKey } from "./Authenticator.ts"
 import { CredentialStore } from "./CredentialStore.ts"
 
 /** The principal expires this long before the token does, so no submission carries a dying token. */
@@ -35,14 +35,7 @@ interface StoredGrant {
  */
 export const makeCakemailCredentialStore = Effect.gen(function*() {
   const api = yield* CakemailApi
-  // Credentials are keyed by an HMAC under a per-process key: no password is kept, even hashed plainly.
-  const hmacKey = randomBytes(32)
-  const keyOf = (credentials: Credentials) =>
-    createHmac("sha256", hmacKey)
-      .update(credentials.username)
-      .update("\0")
-      .update(Redacted.value(credentials.password))
-      .digest("base64")
+  const keyOf = makeCredentialKey()
   const grants = new Map<string, StoredGrant>()
   const remember = (key: string, grant: StoredGrant) => {
     grants.delete(key)

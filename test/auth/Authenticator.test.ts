@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Effect, Fiber, Layer, Metric, Option, Redacted } from "effect"
 import { TestClock } from "effect/testing"
-import { Authenticator } from "../../src/auth/Authenticator.ts"
+import { Authenticator, makeCredentialKey } from "../../src/auth/Authenticator.ts"
 import { AuthError, BackendUnavailable, CredentialStore, InvalidCredentials } from "../../src/auth/CredentialStore.ts"
 import { Credentials, Principal } from "../../src/domain/Principal.ts"
 import { apiKeyCacheSize } from "../../src/observability/Metrics.ts"
@@ -45,6 +45,14 @@ const reasonOf = (auth: Authenticator["Service"], creds: Credentials) =>
   Effect.map(Effect.flip(auth.verify(creds)), (error) => error.reason._tag)
 
 describe("Authenticator", () => {
+  it("keys credentials so that no split of user name and password stands for another", () => {
+    const keyOf = makeCredentialKey()
+    assert.strictEqual(keyOf(credentials("alice", "secret")), keyOf(credentials("alice", "secret")))
+    assert.notStrictEqual(keyOf(credentials("a\0", "b")), keyOf(credentials("a", "\0b")))
+    assert.notStrictEqual(keyOf(credentials("alice", "secret")), makeCredentialKey()(credentials("alice", "secret")), "a key per process")
+    assert.notInclude(keyOf(credentials("alice", "secret")), "secret")
+  })
+
   it.effect("answers a second verify of the same credentials from the cache", () => {
     const { calls, layer } = harness()
     return Effect.gen(function*() {
