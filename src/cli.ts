@@ -6,7 +6,7 @@ import * as readline from "node:readline"
 import { parseArgs } from "node:util"
 import { Effect, Option, Redacted } from "effect"
 import { addUser } from "./auth/UsersFile.ts"
-import { replayCommand } from "./capture/ReplayCli.ts"
+import { readFirstLine, replayCommand } from "./capture/ReplayCli.ts"
 import { loadGatewayConfig } from "./Config.ts"
 import { serve } from "./main.ts"
 import { version } from "./version.ts"
@@ -33,11 +33,7 @@ const fail = (message: string): never => {
 
 /** Reads a password: the first line of stdin when it is not a terminal, else prompts twice without echo. */
 const readPassword = async (): Promise<string> => {
-  if (!process.stdin.isTTY) {
-    const chunks: Array<Buffer> = []
-    for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
-    return Buffer.concat(chunks).toString("utf8").split(/\r?\n/)[0] ?? ""
-  }
+  if (!process.stdin.isTTY) return readFirstLine(process.stdin)
   const ask = (prompt: string) =>
     new Promise<string>((resolve) => {
       const rl = readline.createInterface({ input: process.stdin, output: process.stderr, terminal: true })

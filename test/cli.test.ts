@@ -13,7 +13,10 @@ interface Run {
 }
 
 /** Runs the real command line (TypeScript sources through tsx). */
-const cli = (args: ReadonlyArray<string>, options: { env?: Record<string, string>; stdin?: string } = {}) =>
+const cli = (
+  args: ReadonlyArray<string>,
+  options: { env?: Record<string, string>; stdin?: string; keepStdinOpen?: boolean } = {}
+) =>
   Effect.callback<Run>((resume) => {
     const child = execFile(
       process.execPath,
@@ -21,7 +24,9 @@ const cli = (args: ReadonlyArray<string>, options: { env?: Record<string, string
       { env: { PATH: process.env.PATH ?? "", ...options.env }, timeout: 20_000 },
       (error, stdout, stderr) => resume(Effect.succeed({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }))
     )
-    child.stdin?.end(options.stdin ?? "")
+    if (options.keepStdinOpen === true) child.stdin?.write(options.stdin ?? "")
+    else child.stdin?.end(options.stdin ?? "")
+    return Effect.sync(() => void child.kill())
   })
 
 describe("smtp-gateway command line", () => {
@@ -63,6 +68,19 @@ describe("smtp-gateway command line", () => {
       assert.deepStrictEqual(bob.senders, ["bob@example.com", "@example.net"])
       assert.isTrue(yield* verifyPassword("correct horse battery staple", bob.password))
       assert.notInclude(fs.readFileSync(usersFile, "utf8"), "correct horse")
+    }))
+
+  it.live("takes the password's line from a pipe that stays open", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir("smtp-gateway-cli-")
+      const run = yield* cli(["users", "add", "carol", "--sender", "@example.com"], {
+        env: { AUTH_USERS_FILE: path.join(dir, "users.json") },
+        stdin: "open pipe password\n",
+        keepStdinOpen: true
+      })
+      assert.strictEqual(run.code, 0, run.stderr)
+      const { users } = yield* readUsersFile(path.join(dir, "users.json"))
+      assert.isTrue(yield* verifyPassword("open pipe password", users.find((u) => u.username === "carol")!.password))
     }))
 
   it.live("stops serve on bad configuration with one line per problem and exit code 1", () =>

@@ -22,7 +22,8 @@ export interface ReplayIo {
   readonly stderr: { write: (s: string) => unknown }
 }
 
-const readFirstLine = async (stdin: AsyncIterable<Buffer | string>): Promise<string> => {
+/** The first line of stdin, read only as far as its end (a pipe left open does not hold it up). */
+export const readFirstLine = async (stdin: AsyncIterable<Buffer | string>): Promise<string> => {
   const chunks: Array<Buffer> = []
   for await (const chunk of stdin) {
     chunks.push(typeof chunk === "string" ? Buffer.from(chunk) : chunk)
