@@ -25,8 +25,5 @@ export type BodyType = "7BIT" | "8BITMIME"
 export class Envelope extends Data.Class<{
   readonly mailFrom: Mailbox
   readonly rcptTo: ReadonlyArray<Mailbox>
-  /** The SIZE= the client declared at MAIL, if any. */
-  readonly declaredSize: Option.Option<number>
   readonly bodyType: BodyType
-  readonly smtputf8: boolean
 }> {}

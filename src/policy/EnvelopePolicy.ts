@@ -1,7 +1,7 @@
 /**
  * EnvelopePolicy: everything that can be decided before DATA. At MAIL: the sender must be one the
- * principal may use, a declared SIZE must fit, and the message rates (per client IP, per account;
- * policy/Limits.ts) must allow one more. At RCPT: routing forms refused (address literals, local
+ * principal may use, and the message rates (per client IP, per account; policy/Limits.ts) must allow
+ * one more (a declared SIZE over the limit is smtp-server's to refuse, before MAIL reaches policy). At RCPT: routing forms refused (address literals, local
  * domains, `%` and `!`), then the recipient count. Holds no protocol state of its own.
  */
 import * as net from "node:net"
@@ -9,7 +9,7 @@ import { Context, Effect, Layer, Option, Schema } from "effect"
 import { GatewayConfig } from "../Config.ts"
 import type { Mailbox } from "../domain/Address.ts"
 import type { Envelope } from "../domain/Envelope.ts"
-import { MessageTooLarge, SenderRejected } from "../domain/Errors.ts"
+import { SenderRejected } from "../domain/Errors.ts"
 import type { Principal } from "../domain/Principal.ts"
 import { Replies } from "../domain/Reply.ts"
 import { Limits, type RateLimited } from "./Limits.ts"
@@ -57,21 +57,13 @@ export const recipientRule = (address: string): Option.Option<RecipientRejected[
 }
 
 export class EnvelopePolicy extends Context.Service<EnvelopePolicy, {
-  readonly checkSender: (
-    principal: Principal,
-    sender: Mailbox,
-    declaredSize: Option.Option<number>
-  ) => Effect.Effect<void, SenderRejected | MessageTooLarge | SendersUnavailable>
+  readonly checkSender: (principal: Principal, sender: Mailbox) => Effect.Effect<void, SenderRejected | SendersUnavailable>
   /** One more message from `client` (its IP address) as `principal`: RATE_LIMIT_PER_IP and RATE_LIMIT_PER_USER. */
   readonly checkRate: (client: string, principal: Principal) => Effect.Effect<void, RateLimited>
   /** The recipient path as the client wrote it, before its syntax is checked (so `bob@localhost` earns 550, not 501). */
   readonly checkRecipientAddress: (address: string) => Effect.Effect<void, RecipientRejected>
-  /** `envelope` is the transaction so far, without `recipient`. */
-  readonly checkRecipient: (
-    principal: Principal,
-    envelope: Envelope,
-    recipient: Mailbox
-  ) => Effect.Effect<void, TooManyRecipients>
+  /** One more recipient for `envelope`, the transaction so far: MAX_RECIPIENTS. */
+  readonly checkRecipientCount: (envelope: Envelope) => Effect.Effect<void, TooManyRecipients>
 }>()("smtp-gateway/policy/EnvelopePolicy") {
   static readonly layerNoDeps = Layer.effect(
     EnvelopePolicy,
@@ -80,10 +72,7 @@ export class EnvelopePolicy extends Context.Service<EnvelopePolicy, {
       const senders = yield* Senders
       const rates = yield* Limits
       return EnvelopePolicy.of({
-        checkSender: Effect.fnUntraced(function*(principal, sender, declaredSize) {
-          if (Option.isSome(declaredSize) && declaredSize.value > limits.maxMessageSize) {
-            return yield* new MessageTooLarge({ limit: limits.maxMessageSize })
-          }
+        checkSender: Effect.fnUntraced(function*(principal, sender) {
           if (!(yield* senders.allowed(principal, sender))) {
             return yield* new SenderRejected({ address: sender, where: "mail-from" })
           }
@@ -94,15 +83,12 @@ export class EnvelopePolicy extends Context.Service<EnvelopePolicy, {
             onNone: () => Effect.void,
             onSome: (rule) => Effect.fail(new RecipientRejected({ rule }))
           }),
-        checkRecipient: Effect.fnUntraced(function*(_principal, envelope, _recipient) {
+        checkRecipientCount: Effect.fnUntraced(function*(envelope) {
           if (envelope.rcptTo.length >= limits.maxRecipients) {
             return yield* new TooManyRecipients({ limit: limits.maxRecipients })
           }
         })
       })
     })
-  )
-  static readonly layer = this.layerNoDeps.pipe(
-    Layer.provide([GatewayConfig.layer, Senders.layerPrincipal, Limits.layer.pipe(Layer.provide(GatewayConfig.layer))])
   )
 }

@@ -24,6 +24,8 @@ export class BodyInterrupted extends Schema.TaggedError<BodyInterrupted>()("Body
 /** smtp-server's data stream: a Readable that also counts bytes against its `size` option. */
 export interface DataStream extends Readable {
   readonly sizeExceeded?: boolean
+  /** The bytes received for this message so far. */
+  readonly byteLength?: number
 }
 
 const CRLF = Buffer.from("\r\n")
@@ -33,7 +35,7 @@ const CRLF = Buffer.from("\r\n")
  * next one). `push` gets the output; `bare` counts the line endings rewritten. After the last chunk,
  * `end()` flushes a trailing CR.
  */
-export const makeLineEndingNormalizer = (push: (chunk: Buffer) => void) => {
+const makeLineEndingNormalizer = (push: (chunk: Buffer) => void) => {
   let pendingCR = false
   let bare = 0
   const write = (chunk: Buffer): void => {

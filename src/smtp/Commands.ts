@@ -3,7 +3,6 @@
  * Authenticator), MAIL and RCPT (address decoding, EnvelopePolicy), DATA (the capped body, the data-rate
  * watchdog, Submission) and TLS up. Each runs through Hook.ts; the Session it reads is in Session.ts.
  */
-import type { Readable } from "node:stream"
 import * as tls from "node:tls"
 import { Duration, Effect, Exit, Metric, Option, Redacted, Ref, Schema } from "effect"
 import type { SMTPServerAddress, SMTPServerAuthentication } from "smtp-server"
@@ -14,12 +13,13 @@ import { decodeMailbox, type Mailbox } from "../domain/Address.ts"
 import { type BodyType, Envelope, type TlsInfo } from "../domain/Envelope.ts"
 import { BadAddress } from "../domain/Errors.ts"
 import { type AuthMethod, Credentials } from "../domain/Principal.ts"
-import { isRespondable, Replies, type Reply } from "../domain/Reply.ts"
+import { Replies, type Reply } from "../domain/Reply.ts"
 import { authFailures, bareLineEndings, emailsReceived } from "../observability/Metrics.ts"
 import { EnvelopePolicy } from "../policy/EnvelopePolicy.ts"
 import { AuthLockedOut, Limits } from "../policy/Limits.ts"
 import { Submission } from "../Submission.ts"
-import { readBody } from "./Body.ts"
+import { type DataStream, readBody } from "./Body.ts"
+import { refusalOf } from "./Hook.ts"
 import { Session, type SessionState } from "./Session.ts"
 
 /** MAIL, RCPT or DATA without a successful AUTH (smtp-server normally answers this itself). */
@@ -48,7 +48,7 @@ export class DataTooSlow extends Schema.TaggedError<DataTooSlow>()("DataTooSlow"
 }
 
 /** AUTH failures allowed on one connection; the last one is answered `421 4.7.0` and closes it. */
-export const maxAuthFailuresPerConnection = 3
+const maxAuthFailuresPerConnection = 3
 
 // ---- hooks: what each smtp-server callback does, inside its session ---------------------------
 
@@ -61,16 +61,20 @@ const annotateReply = <A>(success: (value: A) => number) =>
   Effect.onExit(effect, (exit) => {
     if (Exit.isSuccess(exit)) return Effect.annotateCurrentSpan({ "smtp.reply.code": success(exit.value) })
     if (Exit.hasInterrupts(exit)) return Effect.void
-    const error = Exit.findErrorOption(exit)
-    const code = Option.isSome(error) && isRespondable(error.value) ? error.value.reply.code : Replies.internalError.code
+    const code = Option.getOrElse(refusalOf(exit.cause), () => Replies.internalError).code
     return Effect.annotateCurrentSpan({ "smtp.reply.code": code })
   })
 
 /** The `reason` label of `smtp_auth_failures_total`. */
 type AuthFailureReason = "invalid_credentials" | "backend_unavailable" | "malformed"
 
-const recordAuthFailure = (reason: AuthFailureReason) =>
-  Metric.update(Metric.withAttributes(authFailures, { reason }), 1)
+// one metric update per reason, made once (not one withAttributes per failure)
+const authFailuresBy: Record<AuthFailureReason, Effect.Effect<void>> = {
+  invalid_credentials: Metric.update(Metric.withAttributes(authFailures, { reason: "invalid_credentials" }), 1),
+  backend_unavailable: Metric.update(Metric.withAttributes(authFailures, { reason: "backend_unavailable" }), 1),
+  malformed: Metric.update(Metric.withAttributes(authFailures, { reason: "malformed" }), 1)
+}
+const recordAuthFailure = (reason: AuthFailureReason) => authFailuresBy[reason]
 
 const refuseAuth = (reason: AuthFailureReason, error: AuthError) =>
   Effect.gen(function*() {
@@ -106,7 +110,7 @@ const failAuth = (reason: Exclude<AuthFailureReason, "backend_unavailable">, use
  * SASL PLAIN or LOGIN into Credentials. `None` for an empty user or password, a PLAIN authorization
  * identity other than the authentication identity, or another mechanism.
  */
-export const decodeCredentials = (auth: SMTPServerAuthentication): Option.Option<Credentials> => {
+const decodeCredentials = (auth: SMTPServerAuthentication): Option.Option<Credentials> => {
   const method: AuthMethod | undefined = auth.method === "PLAIN" || auth.method === "LOGIN" ? auth.method : undefined
   const password = auth.password ?? ""
   if (method === undefined || password === "") return Option.none()
@@ -168,15 +172,13 @@ const mailboxOf = (address: string): Effect.Effect<Mailbox, BadAddress> =>
     onSome: Effect.succeed
   })
 
-/** MAIL parameters smtp-server has checked for syntax: SIZE=, BODY=, SMTPUTF8. */
-export const decodeMailParams = (args: SMTPServerAddress["args"]) => {
-  const size = args === false ? undefined : args.SIZE
+/**
+ * The BODY= of MAIL (smtp-server has checked its syntax, and refused a declared SIZE= over the limit
+ * before this hook runs).
+ */
+const bodyTypeOf = (args: SMTPServerAddress["args"]): BodyType => {
   const body = args === false ? undefined : args.BODY
-  return {
-    declaredSize: typeof size === "string" && /^\d+$/.test(size) ? Option.some(Number(size)) : Option.none<number>(),
-    bodyType: (typeof body === "string" && body.toUpperCase() === "8BITMIME" ? "8BITMIME" : "7BIT") as BodyType,
-    smtputf8: args !== false && args.SMTPUTF8 === true
-  }
+  return typeof body === "string" && body.toUpperCase() === "8BITMIME" ? "8BITMIME" : "7BIT"
 }
 
 const logRefusal = (command: string) => (error: { readonly reply: Reply }) =>
@@ -198,10 +200,9 @@ export const mailFrom = Effect.fnUntraced(
       return yield* new TooManyMessages({ limit: limits.maxMessagesPerSession })
     }
     const sender = yield* mailboxOf(address.address)
-    const params = decodeMailParams(address.args)
-    yield* policy.checkSender(principal, sender, params.declaredSize)
+    yield* policy.checkSender(principal, sender)
     yield* policy.checkRate(session.remoteAddress, principal)
-    const envelope = new Envelope({ mailFrom: sender, rcptTo: [], ...params })
+    const envelope = new Envelope({ mailFrom: sender, rcptTo: [], bodyType: bodyTypeOf(address.args) })
     yield* Ref.update(session.state, (s) => ({ ...s, envelope: Option.some(envelope) }))
   },
   Effect.tapError(logRefusal("MAIL")),
@@ -215,13 +216,13 @@ export const rcptTo = Effect.fnUntraced(
     const session = yield* Session
     const policy = yield* EnvelopePolicy
     const state = yield* Ref.get(session.state)
-    const principal = yield* principalOf(state)
+    yield* principalOf(state) // NotAuthenticated before any recipient check
     yield* policy.checkRecipientAddress(address.address)
     const recipient = yield* mailboxOf(address.address)
     if (Option.isNone(state.envelope)) return yield* Effect.die("RCPT without a transaction")
     const envelope = state.envelope.value
     if (envelope.rcptTo.some((r) => r.toLowerCase() === recipient.toLowerCase())) return
-    yield* policy.checkRecipient(principal, envelope, recipient)
+    yield* policy.checkRecipientCount(envelope)
     yield* Ref.update(session.state, (s) => ({
       ...s,
       envelope: Option.map(s.envelope, (e) => new Envelope({ ...e, rcptTo: [...e.rcptTo, recipient] }))
@@ -237,7 +238,7 @@ export const rcptTo = Effect.fnUntraced(
  * `byteLength` is smtp-server's running count of the bytes received for this message. Never ends
  * otherwise (it runs beside the body read, which wins when the final dot comes).
  */
-const dataRateWatchdog = (stream: { readonly byteLength?: number }) =>
+const dataRateWatchdog = (stream: DataStream) =>
   Effect.gen(function*() {
     const { limits } = yield* GatewayConfig
     if (limits.dataMinRate <= 0) return yield* Effect.never
@@ -252,9 +253,7 @@ const dataRateWatchdog = (stream: { readonly byteLength?: number }) =>
   })
 
 /** DATA: reads the body (size-capped, rate-checked), submits it and answers with Submission's reply. */
-export const data = Effect.fnUntraced(function*(
-  stream: Readable & { readonly sizeExceeded?: boolean; readonly byteLength?: number }
-) {
+export const data = Effect.fnUntraced(function*(stream: DataStream) {
   const session = yield* Session
   const config = yield* GatewayConfig
   const submission = yield* Submission
@@ -266,9 +265,8 @@ export const data = Effect.fnUntraced(function*(
 
   let size = 0
   return yield* Effect.gen(function*() {
-    const message = yield* Effect.raceFirst(readBody(stream, config.limits.maxMessageSize), dataRateWatchdog(stream)).pipe(
-      Effect.tapError((error) => error._tag === "DataTooSlow" ? session.shutdown(error.reply) : Effect.void)
-    )
+    // a DataTooSlow reply (421) is sent at once and closes the connection: Listener.ts's onData does it
+    const message = yield* Effect.raceFirst(readBody(stream, config.limits.maxMessageSize), dataRateWatchdog(stream))
     yield* Ref.update(session.state, (s) => ({ ...s, delivering: true }))
     if (message.bareLineEndings > 0) {
       yield* Metric.update(bareLineEndings, message.bareLineEndings)
@@ -291,9 +289,7 @@ export const data = Effect.fnUntraced(function*(
     return reply
   }).pipe(
     Effect.onExit((exit) => {
-      const reply = Exit.isSuccess(exit)
-        ? Option.some(exit.value)
-        : Option.map(Exit.findErrorOption(exit), (error) => error.reply)
+      const reply = Exit.isSuccess(exit) ? Option.some(exit.value) : refusalOf(exit.cause)
       return Effect.andThen(
         Ref.update(session.state, (s) => ({ ...s, inData: false, delivering: false, envelope: Option.none() })),
         Option.match(reply, {

@@ -27,21 +27,30 @@ export const toServerError = (reply: Reply): SmtpReplyError =>
 export type Outcome<A> = Result.Result<A, Reply>
 
 /**
+ * The reply a failed hook earns: a typed error that knows its reply gives that reply, unless the cause
+ * also holds a defect. `None` for a defect, an untyped failure or interruption (each caller answers those).
+ */
+export const refusalOf = (cause: Cause.Cause<unknown>): Option.Option<Reply> => {
+  const error = Cause.findErrorOption(cause)
+  return Option.isSome(error) && isRespondable(error.value) && !Cause.hasDies(cause)
+    ? Option.some(error.value.reply)
+    : Option.none()
+}
+
+/**
  * A typed failure that knows its reply gives that reply; any other failure or defect gives
  * `451 4.3.0` and is logged with its cause (never shown). Interruption is kept: `run` answers it.
  */
-export const settle = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<Outcome<A>, never, R> =>
+const settle = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<Outcome<A>, never, R> =>
   effect.pipe(
     Effect.map((a): Outcome<A> => Result.succeed(a)),
     Effect.catchCause((cause): Effect.Effect<Outcome<A>> => {
       if (Cause.hasInterruptsOnly(cause)) return Effect.failCause(cause as Cause.Cause<never>)
-      const error = Cause.findErrorOption(cause)
-      if (Option.isSome(error) && isRespondable(error.value) && !Cause.hasDies(cause)) {
-        return Effect.succeed(Result.fail(error.value.reply))
-      }
-      return Effect.logError("internal error in an SMTP hook", cause).pipe(
-        Effect.as(Result.fail(Replies.internalError))
-      )
+      return Option.match(refusalOf(cause), {
+        onSome: (reply) => Effect.succeed(Result.fail(reply)),
+        onNone: () =>
+          Effect.logError("internal error in an SMTP hook", cause).pipe(Effect.as(Result.fail(Replies.internalError)))
+      })
     })
   )
 

@@ -4,7 +4,7 @@
  * `421 4.3.2`. Adapter only: sockets, TLS and SMTP syntax are smtp-server's, policy is the services'.
  */
 import * as crypto from "node:crypto"
-import * as net from "node:net"
+import type * as net from "node:net"
 import type * as tls from "node:tls"
 import { Context, Deferred, Duration, Effect, Layer, Option, Result, Schema } from "effect"
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from "smtp-server"
@@ -31,7 +31,7 @@ export class ListenError extends Schema.TaggedError<ListenError>()("ListenError"
  * (a port-25 measure). On a submission port a few milliseconds keep that check (a command before the
  * greeting still gets `421 You talk too soon`) without making every connection wait.
  */
-export const greetingDelayMillis = 5
+const greetingDelayMillis = 5
 
 /**
  * Replies smtp-server writes itself, rewritten to the gateway's table (design.md §3). Only text
@@ -62,9 +62,9 @@ const libraryReply = (code: number, text: string | null | undefined, context: st
 // ---- protocol hardening: AUTH exchanges, errors, TLS handshakes, PROXY (issue 4) ----------------
 
 /** Commands over RFC 4954's limit for an AUTH line (12288 octets) end the connection (`421 4.5.2`). */
-export const maxCommandLength = 12_288
+const maxCommandLength = 12_288
 /** Refusals (500-504) on one connection before `421 4.7.0` and close. */
-export const maxErrorsPerConnection = 10
+const maxErrorsPerConnection = 10
 
 interface GuardSettings {
   readonly handshakeTimeoutMillis: number
@@ -155,8 +155,6 @@ class ProtocolGuard extends SMTPConnection {
   }
 }
 
-const isIpOfFamily = (address: string, family: 4 | 6) => (family === 4 ? net.isIPv4(address) : net.isIPv6(address))
-
 /**
  * The server's guards, below GatewayServer: PROXY headers (v1, v2) read only from TRUSTED_PROXIES
  * (CIDRs; smtp-server's `useProxy` takes exact addresses and v1 only), which must send one; and the
@@ -172,7 +170,7 @@ class GuardedServer extends SMTPServer {
   override _handleProxy(socket: net.Socket, callback: Parameters<SMTPServer["_handleProxy"]>[1]): void {
     if (!this._expectsProxyHeader(socket)) return super._handleProxy(socket, callback)
     const id = BigInt("0x" + crypto.randomBytes(10).toString("hex")).toString(32).padStart(16, "0")
-    readProxyHeader(socket, isIpOfFamily, (error, client) => {
+    readProxyHeader(socket, (error, client) => {
       if (error !== null) {
         this._onError(Object.assign(error, { code: "PROXY", remoteAddress: socket.remoteAddress }))
         return callback(error)
@@ -459,7 +457,12 @@ export class SmtpListener extends Context.Service<SmtpListener, {
             sessions.hook(session, Commands.rcptTo(address), Hook.toCallback(callback)),
           onData: (stream, session, callback) =>
             sessions.hook(session, Commands.data(stream), (outcome) => {
-              if (Result.isFailure(outcome)) return callback(Hook.toServerError(outcome.failure))
+              if (Result.isFailure(outcome)) {
+                // smtp-server holds a DATA reply until the body ends; a closing one (DATA_MIN_RATE's 421)
+                // cannot wait for a client that may never finish: it is sent now and the connection closed
+                if (outcome.failure.closesConnection) transportOf(server, session.id).shutdown(outcome.failure)
+                return callback(Hook.toServerError(outcome.failure))
+              }
               const reply = outcome.success
               // smtp-server sends a success as 250; any other code goes out as the error path
               return reply.code === 250 ? callback(null, Hook.wireText(reply)) : callback(Hook.toServerError(reply))

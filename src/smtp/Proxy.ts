@@ -4,7 +4,7 @@
  * only for peers in TRUSTED_PROXIES (CIDRs), so the real client address reaches limits and logs.
  * It decides nothing about trust itself.
  */
-import type * as net from "node:net"
+import * as net from "node:net"
 
 /** The client the proxy speaks for; absent for v2 LOCAL and v1 UNKNOWN (health checks). */
 export interface ProxiedClient {
@@ -22,15 +22,16 @@ const v1Prefix = Buffer.from("PROXY ", "latin1")
 /** v1 headers are at most 107 bytes with CRLF. */
 const v1MaxLength = 107
 /** v2: 16 fixed bytes plus addresses and TLVs; more than this is refused. */
-export const maxHeaderLength = 4096
+const maxHeaderLength = 4096
 
 const isPrefixOf = (chunk: Buffer, whole: Buffer) =>
   whole.subarray(0, Math.min(chunk.length, whole.length)).equals(chunk.subarray(0, Math.min(chunk.length, whole.length)))
 
-const ipv4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/
 const port = (text: string) => (/^\d{1,5}$/.test(text) && Number(text) <= 65535 ? Number(text) : undefined)
 
-const parseV1 = (buffer: Buffer, isIp: (address: string, family: 4 | 6) => boolean): ProxyParse => {
+const isIp = (address: string, family: 4 | 6) => (family === 4 ? net.isIPv4(address) : net.isIPv6(address))
+
+const parseV1 = (buffer: Buffer): ProxyParse => {
   const end = buffer.indexOf("\r\n", 0, "latin1")
   if (end < 0) {
     return buffer.length >= v1MaxLength ? { _tag: "Invalid", reason: "PROXY v1 header too long" } : { _tag: "Incomplete" }
@@ -88,17 +89,11 @@ const parseV2 = (buffer: Buffer): ProxyParse => {
   }
 }
 
-/**
- * Parses the PROXY header at the start of `buffer` (v1 or v2). `isIp` checks an address of the
- * given family (the caller passes `net.isIPv4`/`net.isIPv6`; kept as a parameter so this stays pure).
- */
-export const parseProxyHeader = (
-  buffer: Buffer,
-  isIp: (address: string, family: 4 | 6) => boolean = (address, family) => family === 4 && ipv4.test(address)
-): ProxyParse => {
+/** Parses the PROXY header at the start of `buffer` (v1 or v2). */
+const parseProxyHeader = (buffer: Buffer): ProxyParse => {
   if (buffer.length === 0) return { _tag: "Incomplete" }
   if (isPrefixOf(buffer, v2Signature)) return buffer.length < v2Signature.length ? { _tag: "Incomplete" } : parseV2(buffer)
-  if (isPrefixOf(buffer, v1Prefix)) return buffer.length < v1Prefix.length ? { _tag: "Incomplete" } : parseV1(buffer, isIp)
+  if (isPrefixOf(buffer, v1Prefix)) return buffer.length < v1Prefix.length ? { _tag: "Incomplete" } : parseV1(buffer)
   return { _tag: "Invalid", reason: "no PROXY header from a trusted proxy" }
 }
 
@@ -109,7 +104,6 @@ export const parseProxyHeader = (
  */
 export const readProxyHeader = (
   socket: net.Socket,
-  isIp: (address: string, family: 4 | 6) => boolean,
   done: (error: Error | null, client?: ProxiedClient) => void
 ): void => {
   let buffered = Buffer.alloc(0)
@@ -131,7 +125,7 @@ export const readProxyHeader = (
     let chunk: Buffer | null
     while (!finished && (chunk = socket.read() as Buffer | null) !== null) {
       buffered = Buffer.concat([buffered, chunk])
-      const parsed = parseProxyHeader(buffered, isIp)
+      const parsed = parseProxyHeader(buffered)
       if (parsed._tag === "Incomplete") {
         if (buffered.length > maxHeaderLength) finish(new Error("PROXY header too long"))
         continue

@@ -54,8 +54,6 @@ export interface SessionShape {
   readonly info: Effect.Effect<SessionInfo>
   /** Sets attributes on this connection's `smtp.session` span. */
   readonly annotate: (attributes: Record<string, string | number>) => Effect.Effect<void>
-  /** Sends a final reply (a 421) now and closes the connection, whatever the client is doing. */
-  readonly shutdown: (reply: Reply) => Effect.Effect<void>
 }
 
 export class Session extends Context.Service<Session, SessionShape>()("smtp-gateway/smtp/Session") {}
@@ -143,6 +141,10 @@ const initialState: SessionState = {
   authFailures: 0
 }
 
+// the two updates of `smtp_connections_total`, made once (not one withAttributes per connection)
+const connectionAccepted = Metric.update(Metric.withAttributes(connectionsTotal, { result: "accepted" }), 1)
+const connectionRejected = Metric.update(Metric.withAttributes(connectionsTotal, { result: "rejected" }), 1)
+
 const phaseOf = (state: SessionState): SessionSnapshot["state"] =>
   state.inData
     ? "data"
@@ -214,13 +216,12 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
           Effect.sync(() => {
             if (Option.isNone(span)) return
             for (const [key, value] of Object.entries(attributes)) span.value.attribute(key, value)
-          }),
-        shutdown: (reply) => Effect.sync(() => transport.shutdown(reply))
+          })
       }
       const inFlight = yield* FiberSet.make<unknown, unknown>()
       const fork = yield* FiberSet.runtime(inFlight)<Session | HookServices>().pipe(Effect.provideService(Session, session))
 
-      yield* Metric.update(Metric.withAttributes(connectionsTotal, { result: "accepted" }), 1)
+      yield* connectionAccepted
       yield* Metric.modify(activeConnections, 1)
       yield* Effect.logInfo("connection opened").pipe(Effect.annotateLogs({ peer: `${s.remoteAddress}:${s.remotePort}` }))
       yield* Effect.addFinalizer((exit) =>
@@ -252,7 +253,7 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
     )
 
   const refuse = (callback: (err?: Error | null) => void, reply: Reply = Replies.shuttingDown) => {
-    runFork(Metric.update(Metric.withAttributes(connectionsTotal, { result: "rejected" }), 1))
+    runFork(connectionRejected)
     callback(Hook.toServerError(reply))
   }
 

@@ -2,7 +2,8 @@
  * Certificates: the key and certificate the SMTP listeners present, from TLS_CERT_PATH/TLS_KEY_PATH
  * (watched: renewed files are picked up without a restart) or else a self-signed pair made once in
  * DATA_DIR/tls and reused; plus the TLS settings every listener uses (TLS 1.2+, Mozilla
- * "intermediate" ciphers, no client renegotiation; docs/tls.md). It does not listen.
+ * "intermediate" ciphers; docs/tls.md). Client renegotiation is disabled per connection, in
+ * Commands.secured. It does not listen.
  */
 import * as crypto from "node:crypto"
 import * as fsWatch from "node:fs"
@@ -30,7 +31,7 @@ export class TlsSetupError extends Schema.TaggedError<TlsSetupError>()("TlsSetup
  * Mozilla "intermediate" TLS 1.2 suites (ECDHE with AES-GCM or CHACHA20-POLY1305). TLS 1.3 suites
  * are not listed, so Node keeps its TLS 1.3 defaults.
  */
-export const intermediateCiphers = [
+const intermediateCiphers = [
   "ECDHE-ECDSA-AES128-GCM-SHA256",
   "ECDHE-RSA-AES128-GCM-SHA256",
   "ECDHE-ECDSA-AES256-GCM-SHA384",
@@ -142,7 +143,7 @@ const selfSigned = Effect.fnUntraced(function*(dir: string, hostname: string) {
 })
 
 /** The files are read again this often even without a change notice (a missed inotify event, NFS). */
-export const reloadPollInterval = Duration.seconds(60)
+const reloadPollInterval = Duration.seconds(60)
 /** After a change notice, wait this long for the writer to finish (key and certificate are two files). */
 const reloadSettle = Duration.millis(200)
 
@@ -193,8 +194,6 @@ const watchDirectories = (dirs: ReadonlyArray<string>, changed: Effect.Effect<vo
 export class Certificates extends Context.Service<Certificates, {
   /** The pair to present now (a reload replaces it). */
   readonly current: Effect.Effect<CertificatePair>
-  /** Reads the configured files again (or re-checks the self-signed pair) and makes them current. */
-  readonly reload: Effect.Effect<CertificatePair, TlsSetupError>
   readonly source: "files" | "self-signed"
   /**
    * Watches TLS_CERT_PATH and TLS_KEY_PATH for the scope's lifetime: when they hold a new, valid pair,
@@ -221,12 +220,13 @@ export class Certificates extends Context.Service<Certificates, {
               [...new Set([path.dirname(path.resolve(cert)), path.dirname(path.resolve(key))])],
               Effect.gen(function*() {
                 const before = yield* Ref.get(ref)
-                const next = yield* load
+                const next = yield* readPair(cert, key)
                 if (next.cert === before.cert && next.key === before.key) return
+                const certificate = yield* checkPair(next, `${cert} / ${key}`)
                 yield* Ref.set(ref, next)
                 yield* apply(next)
                 yield* Effect.logInfo("TLS certificate reloaded").pipe(
-                  Effect.annotateLogs({ path: cert, valid_to: new crypto.X509Certificate(next.cert).validTo })
+                  Effect.annotateLogs({ path: cert, valid_to: certificate.validTo })
                 )
               }).pipe(
                 Effect.catchTag("TlsSetupError", (error) =>
@@ -238,17 +238,9 @@ export class Certificates extends Context.Service<Certificates, {
         })
       return Certificates.of({
         current: Ref.get(ref),
-        reload: Effect.tap(load, (pair) => Ref.set(ref, pair)),
         source: Option.isSome(files) ? "files" : "self-signed",
         watch
       })
     })
   )
-
-  /** A fixed pair (tests). */
-  static readonly layerStatic = (pair: CertificatePair) =>
-    Layer.succeed(
-      Certificates,
-      Certificates.of({ current: Effect.succeed(pair), reload: Effect.succeed(pair), source: "files", watch: () => Effect.void })
-    )
 }

@@ -37,9 +37,7 @@ const context = (overrides: Partial<TransformContext> = {}): TransformContext =>
   envelope: new Envelope({
     mailFrom: mailbox("alice@example.test"),
     rcptTo: [mailbox("bob@example.net"), mailbox("hidden-one@example.net"), mailbox("hidden-two@example.net")],
-    declaredSize: Option.none(),
-    bodyType: "8BITMIME",
-    smtputf8: false
+    bodyType: "8BITMIME"
   }),
   session: new SessionInfo({
     id: "session-1",

@@ -5,7 +5,7 @@ import { Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Scope,
 import { Readiness } from "../../src/admin/Readiness.ts"
 import type { GatewayConfigShape } from "../../src/Config.ts"
 import { SmtpListener } from "../../src/smtp/Listener.ts"
-import { converse } from "../support/converse.ts"
+import { converse, startTls } from "../support/converse.ts"
 import { connect, type SmtpClient } from "../support/SmtpClient.ts"
 import type { TestEnv } from "../support/TestConfig.ts"
 import { b64, testConfig as harnessConfig, listenerLayer, plain, Seen } from "./harness.ts"
@@ -26,15 +26,7 @@ const testConfig = (env: TestEnv = {}) =>
   })
 
 /** Greeting, EHLO, STARTTLS, EHLO: a secured session that has not authenticated yet. */
-const secured = `
-  S: 220 *
-  C: EHLO client.test
-  S: 250 *
-  C: STARTTLS
-  S: 220 *
-  C: EHLO client.test
-  S: 250 *
-`
+const secured = startTls("client.test")
 
 /** Greeting, EHLO, STARTTLS, EHLO, AUTH PLAIN as alice: the preamble of most scripts. */
 const loggedIn = `

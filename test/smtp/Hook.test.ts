@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, FiberSet, Result } from "effect"
+import { Cause, Effect, FiberSet, Option, Result } from "effect"
 import { SenderRejected } from "../../src/domain/Errors.ts"
 import { Replies } from "../../src/domain/Reply.ts"
 import * as Hook from "../../src/smtp/Hook.ts"
@@ -54,6 +54,13 @@ describe("Hook", () => {
       Hook.run(fork, Effect.succeed(1), (outcome) => late.push(outcome))
       assert.deepStrictEqual(late, [Result.fail(Replies.shuttingDown)])
     }))
+
+  it("reads a refusal's reply from a cause, but not when a defect comes with it", () => {
+    const refused = Cause.fail(new SenderRejected({ address: "x@example.test", where: "mail-from" }))
+    assert.deepStrictEqual(Hook.refusalOf(refused), Option.some(Replies.senderNotAllowed))
+    assert.isTrue(Option.isNone(Hook.refusalOf(Cause.combine(refused, Cause.die(new Error("boom"))))))
+    assert.isTrue(Option.isNone(Hook.refusalOf(Cause.fail(new Error("no reply")))))
+  })
 
   it("writes replies so smtp-server sends them unchanged", () => {
     const error = Hook.toServerError(Replies.tooManyRecipients)
