@@ -32,7 +32,7 @@ export interface SubmissionInput {
 export type SubmissionError = SenderRejected | MessageRejected | MessageTooLarge | SendersUnavailable | DeliveryError
 
 /** A gateway id: time-ordered (base36 milliseconds) then 10 random characters; fits a file name. */
-export const makeGatewayId = (millis: number): string =>
+const makeGatewayId = (millis: number): string =>
   (millis.toString(36).padStart(9, "0") + randomBytes8().readBigUInt64BE().toString(36).padStart(13, "0").slice(-10))
     .toUpperCase()
 
@@ -57,7 +57,6 @@ const forwardedBy = {
   temporary_failure: countForwarded("temporary_failure"),
   duplicate: countForwarded("duplicate")
 }
-const forwarded = (result: keyof typeof forwardedBy) => forwardedBy[result]
 
 export class Submission extends Context.Service<Submission, {
   /** Succeeds with the reply to send after the final dot (`250 ...`, naming refused recipients if any). */
@@ -142,7 +141,7 @@ export class Submission extends Context.Service<Submission, {
             yield* Effect.logInfo("message already delivered: a client retry gets the original answer").pipe(
               Effect.annotateLogs({ gateway_id: id, original_gateway_id: receipt.gatewayId })
             )
-            yield* forwarded("duplicate")
+            yield* forwardedBy.duplicate
             return Replies.accepted(receipt.gatewayId)
           }
           if (receipt.refused.length > 0) {
@@ -153,7 +152,7 @@ export class Submission extends Context.Service<Submission, {
                 refused: receipt.refused.map((r) => `${r.recipient} (${r.reason})`).join("; ")
               })
             )
-            yield* forwarded("partial")
+            yield* forwardedBy.partial
             return Replies.acceptedPartially(id, receipt.refused.map((r) => r.recipient))
           }
           yield* Effect.logInfo("message accepted").pipe(
@@ -165,10 +164,10 @@ export class Submission extends Context.Service<Submission, {
               upstream_ids: receipt.accepted.map((a) => a.upstreamId).join(",")
             })
           )
-          yield* forwarded("accepted")
+          yield* forwardedBy.accepted
           return Replies.accepted(id)
         },
-        Effect.tapError((error) => forwarded(error.reply.isTemporary ? "temporary_failure" : "rejected")),
+        Effect.tapError((error) => error.reply.isTemporary ? forwardedBy.temporary_failure : forwardedBy.rejected),
         Effect.trackDuration(processingDuration, Duration.toSeconds)
       )
       return Submission.of({ submit })

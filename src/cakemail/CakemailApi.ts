@@ -9,7 +9,7 @@ import { HttpClient, HttpClientRequest } from "effect/http"
 import type * as Headers from "effect/http/Headers"
 import { AuthError, BackendUnavailable, InvalidCredentials } from "../auth/CredentialStore.ts"
 import { GatewayConfig } from "../Config.ts"
-import { errorReason, retryAfterMillis } from "../delivery/HttpReply.ts"
+import { errorReason, readCapped, retryAfterMillis } from "../delivery/HttpReply.ts"
 import { toHttpBody } from "../delivery/JsonBody.ts"
 import { UpstreamError } from "../delivery/Upstream.ts"
 import { SendersUnavailable } from "../policy/Senders.ts"
@@ -22,7 +22,7 @@ export interface CallPolicy {
 }
 
 /** 5 s per attempt, 2 retries with exponential backoff (jittered): inside the SMTP reply budget. */
-export const defaultCallPolicy: CallPolicy = { timeout: "5 seconds", retries: 2, backoff: "250 millis" }
+const defaultCallPolicy: CallPolicy = { timeout: "5 seconds", retries: 2, backoff: "250 millis" }
 
 /** Said after `535 5.7.8 Authentication credentials invalid:` when the account answers with an MFA challenge. */
 export const mfaHint = "accounts with multi-factor authentication need an API-only credential for SMTP"
@@ -133,8 +133,11 @@ export interface CakemailApiOptions {
   readonly baseUrl: URL
   /** Token and senders calls. */
   readonly policy?: CallPolicy
-  /** One `POST /v2/emails` attempt (UPSTREAM_TIMEOUT); Delivery retries. */
-  readonly submitTimeout: Duration.Input
+  /**
+   * A bound on one `POST /v2/emails` attempt, for tests that use the client without Delivery; the
+   * gateway sets none (Delivery times out each attempt, and retries).
+   */
+  readonly submitTimeout?: Duration.Input
   /** Senders asked for per page (the API may answer with fewer). */
   readonly sendersPerPage?: number
 }
@@ -164,32 +167,46 @@ export class CakemailApi extends Context.Service<CakemailApi, {
     const perPage = options.sendersPerPage ?? 50
     const retry = Schedule.exponential(policy.backoff).pipe(Schedule.jittered)
 
-    const exchange = (request: HttpClientRequest.HttpClientRequest, timeout: Duration.Input) =>
-      client.execute(request).pipe(
+    // made once: a request is immutable, and building it from the URL parses the URL each time
+    const tokenRequest = HttpClientRequest.post(endpoint(options.baseUrl, "token")).pipe(HttpClientRequest.acceptJson)
+    const sendersRequest = HttpClientRequest.get(endpoint(options.baseUrl, "brands/default/senders")).pipe(
+      HttpClientRequest.acceptJson
+    )
+    const emailsRequest = HttpClientRequest.post(endpoint(options.baseUrl, "v2/emails")).pipe(
+      HttpClientRequest.acceptJson
+    )
+
+    /** One request and its answer (the body read up to its cap), within `timeout` when one is given. */
+    const exchange = (request: HttpClientRequest.HttpClientRequest, timeout: Duration.Input | undefined) => {
+      const call = client.execute(request).pipe(
         Effect.flatMap((response) =>
-          Effect.map(response.text, (body): Answer => ({ status: response.status, headers: response.headers, body }))
-        ),
-        Effect.timeout(timeout),
+          Effect.map(readCapped(response), (body): Answer => ({
+            status: response.status,
+            headers: response.headers,
+            body
+          }))
+        )
+      )
+      return (timeout === undefined ? call : Effect.timeout(call, timeout)).pipe(
         Effect.mapError((error) =>
           error._tag === "TimeoutError"
             ? new CallFailed({ timedOut: true, detail: "timed out" })
             : new CallFailed({ timedOut: false, detail: `connection failed (${error.reason._tag})` })
         )
       )
+    }
 
     const unavailable = (detail: string) => new AuthError({ reason: new BackendUnavailable({ detail }) })
     const invalid = (hint?: string) =>
       new AuthError({ reason: new InvalidCredentials(hint === undefined ? {} : { hint }) })
 
     const tokenCall = (form: Record<string, string>) =>
-      exchange(HttpClientRequest.post(endpoint(options.baseUrl, "token")).pipe(
-        HttpClientRequest.acceptJson,
-        HttpClientRequest.bodyUrlParams(form)
-      ), policy.timeout).pipe(
+      exchange(HttpClientRequest.bodyUrlParams(tokenRequest, form), policy.timeout).pipe(
         Effect.mapError((failure) => unavailable(`Cakemail /token ${failure.detail}`)),
         Effect.flatMap((answer): Effect.Effect<TokenGrant, AuthError> => {
+          // an MFA challenge, whatever the status, means this login cannot get a token here
+          if (Option.isSome(decodeChallenge(answer.body))) return Effect.fail(invalid(mfaHint))
           if (answer.status >= 200 && answer.status < 300) {
-            if (Option.isSome(decodeChallenge(answer.body))) return Effect.fail(invalid(mfaHint))
             return Option.match(decodeToken(answer.body), {
               onNone: () => Effect.fail(unavailable("Cakemail /token answered an unreadable body")),
               onSome: (token) =>
@@ -201,7 +218,6 @@ export class CakemailApi extends Context.Service<CakemailApi, {
                 })
             })
           }
-          if (Option.isSome(decodeChallenge(answer.body))) return Effect.fail(invalid(mfaHint))
           if ([400, 401, 403, 422].includes(answer.status)) return Effect.fail(invalid())
           return Effect.fail(unavailable(`Cakemail /token answered ${answer.status}`))
         }),
@@ -224,8 +240,7 @@ export class CakemailApi extends Context.Service<CakemailApi, {
 
     type PageFailure = { readonly temporary: boolean; readonly detail: string; readonly status?: number }
     const sendersPage = (token: Redacted.Redacted<string>, page: number) =>
-      exchange(HttpClientRequest.get(endpoint(options.baseUrl, "brands/default/senders")).pipe(
-        HttpClientRequest.acceptJson,
+      exchange(sendersRequest.pipe(
         HttpClientRequest.bearerToken(Redacted.value(token)),
         HttpClientRequest.setUrlParams({ page: String(page), per_page: String(perPage) })
       ), policy.timeout).pipe(
@@ -267,8 +282,7 @@ export class CakemailApi extends Context.Service<CakemailApi, {
 
     const submitEmail = Effect.fn("CakemailApi.submitEmail")(
       function*(token: Redacted.Redacted<string>, email: EmailRequest, idempotencyKey: string) {
-        const answer = yield* exchange(HttpClientRequest.post(endpoint(options.baseUrl, "v2/emails")).pipe(
-          HttpClientRequest.acceptJson,
+        const answer = yield* exchange(emailsRequest.pipe(
           HttpClientRequest.bearerToken(Redacted.value(token)),
           HttpClientRequest.setHeader("idempotency-key", idempotencyKey),
           HttpClientRequest.setBody(toHttpBody(email))
@@ -293,18 +307,20 @@ export class CakemailApi extends Context.Service<CakemailApi, {
           }
           return { id: String(submitted.value.data.id), status: submitted.value.data.status }
         }
-        const reason = errorReason(answer.body, `status ${status}`)
-        const retryAfter = retryAfterMillis(answer.headers["retry-after"], yield* Clock.currentTimeMillis)
-        const fail = (kind: UpstreamError["kind"], detail: string) =>
-          Effect.fail(new UpstreamError({
-            kind,
-            detail,
+        if (status === 408 || status === 429 || status >= 500) {
+          // only a retryable failure carries its Retry-After: nothing waits on a permanent one
+          const retryAfter = retryAfterMillis(answer.headers["retry-after"], yield* Clock.currentTimeMillis)
+          return yield* new UpstreamError({
+            kind: "Temporary",
+            detail: `the email API answered ${status}`,
             status,
             ...(retryAfter === undefined ? {} : { retryAfterMillis: retryAfter })
-          }))
+          })
+        }
+        const reason = errorReason(answer.body, `status ${status}`)
+        const fail = (kind: UpstreamError["kind"], detail: string) => new UpstreamError({ kind, detail, status })
         if (status === 401 || status === 403) return yield* fail("Unauthorized", `the email API refused the token: ${reason}`)
         if (status === 413) return yield* fail("TooLarge", reason)
-        if (status === 408 || status === 429 || status >= 500) return yield* fail("Temporary", `the email API answered ${status}`)
         return yield* fail("Rejected", reason)
       }
     )
@@ -312,15 +328,15 @@ export class CakemailApi extends Context.Service<CakemailApi, {
     return CakemailApi.of({ passwordGrant, refreshGrant, listSenders, submitEmail })
   })
 
-  /** For tests and tools: a base URL and timeouts given, the HttpClient from context. */
+  /** For tests and tools: a base URL (and timeouts) given, the HttpClient from context. */
   static readonly layerWith = (options: CakemailApiOptions) => Layer.effect(CakemailApi, CakemailApi.make(options))
 
-  /** CAKEMAIL_API_URL and UPSTREAM_TIMEOUT from GatewayConfig; the HttpClient (keep-alive pool) from context. */
+  /** CAKEMAIL_API_URL from GatewayConfig (Delivery times each submission); the HttpClient (keep-alive pool) from context. */
   static readonly layer = Layer.effect(
     CakemailApi,
     Effect.gen(function*() {
       const config = yield* GatewayConfig
-      return yield* CakemailApi.make({ baseUrl: config.cakemail.apiUrl, submitTimeout: config.delivery.attemptTimeout })
+      return yield* CakemailApi.make({ baseUrl: config.cakemail.apiUrl })
     })
   )
 }

@@ -98,7 +98,7 @@ const partName = (attachment: Attachment, index: number): string =>
     : `"${shortReason(attachment.filename, 60)}" (${shortReason(attachment.content_type, 60)})`
 
 /** The API's type for this part, or None when the API cannot carry it. */
-export const attachmentType = (attachment: Attachment): Option.Option<AttachmentType> => {
+const attachmentType = (attachment: Attachment): Option.Option<AttachmentType> => {
   const mime = attachment.content_type.split(";")[0]?.trim().toLowerCase() ?? ""
   const byMime = typeOfMime[mime]
   if (byMime !== undefined) return Option.some(byMime)
@@ -136,8 +136,11 @@ export const mapAttachments = (
 
 // ---- headers ----------------------------------------------------------------------------------------
 
-/** Headers of Cakemail's own SMTP relay: they set fields of the request and are not forwarded. */
-const relayHeaders = new Set(["x-sender-id", "x-list-id", "x-email-api-type", "x-tags", "x-track-opens", "x-track-clicks"])
+/**
+ * Headers of Cakemail's own SMTP relay: they set fields of the request and are not forwarded
+ * (`x-track-opens` and `x-track-clicks` too: `isForwarded` drops every `x-track-*`).
+ */
+const relayHeaders = new Set(["x-sender-id", "x-list-id", "x-email-api-type", "x-tags"])
 
 /** Headers the API writes itself, or that describe this hop's MIME structure or transport. */
 const ownHeaders = new Set([
@@ -181,13 +184,13 @@ const parseFlag = (name: string, value: string): Result.Result<boolean, string> 
 // ---- the request ------------------------------------------------------------------------------------
 
 /** Everything of the request but the sender id, or the reason the API cannot take the message. */
-export interface EmailDraft {
+interface EmailDraft {
   readonly request: (recipient: string, senderId: string) => EmailRequest
   /** The `x-sender-id` header, when the message names its sender that way. */
   readonly senderId: Option.Option<string>
 }
 
-export const draftEmail = (
+const draftEmail = (
   message: CanonicalMessage,
   options: CakemailUpstreamOptions
 ): Result.Result<EmailDraft, string> => {
@@ -269,9 +272,20 @@ export const draftEmail = (
 
 const rejected = (detail: string) => new UpstreamError({ kind: "Rejected", detail })
 
-export const makeCakemailUpstream = Effect.fnUntraced(function*(options: CakemailUpstreamOptions) {
+const makeCakemailUpstream = Effect.fnUntraced(function*(options: CakemailUpstreamOptions) {
   const api = yield* CakemailApi
   const senders = yield* CakemailSenders
+  // Delivery hands every call for one message (each recipient, each retry) the same message object:
+  // its draft is made once, and goes with the message
+  const drafts = new WeakMap<CanonicalMessage, Result.Result<EmailDraft, string>>()
+  const draftOf = (message: CanonicalMessage): Result.Result<EmailDraft, string> => {
+    let draft = drafts.get(message)
+    if (draft === undefined) {
+      draft = draftEmail(message, options)
+      drafts.set(message, draft)
+    }
+    return draft
+  }
 
   const submit = Effect.fnUntraced(function*(outbound: Outbound) {
     const recipient = outbound.recipients[0]
@@ -282,7 +296,7 @@ export const makeCakemailUpstream = Effect.fnUntraced(function*(options: Cakemai
     if (Option.isNone(token)) {
       return yield* new UpstreamError({ kind: "Unauthorized", detail: "this login has no Cakemail token" })
     }
-    const draft = draftEmail(outbound.message, options)
+    const draft = draftOf(outbound.message)
     if (Result.isFailure(draft)) return yield* rejected(draft.failure)
 
     const unavailable = (error: SendersUnavailable | TokenRefused) =>

@@ -80,7 +80,7 @@ export class DeliveryError extends Schema.TaggedError<DeliveryError>()("Delivery
 }
 
 /** How many per-recipient calls run at once for one message. */
-export const fanOutConcurrency = 10
+const fanOutConcurrency = 10
 
 /**
  * The key of one upstream call, both its `Idempotency-Key` and its duplicate-window key: hex SHA-256
@@ -106,7 +106,7 @@ export const idempotencyKey = (request: DeliveryRequest, recipients: ReadonlyArr
  * The one mapping from an upstream failure to what the delivery failed with. A temporary failure
  * that carries a Retry-After the gateway did not wait out tells the client how long to wait (451 4.7.1).
  */
-export const toDeliveryError = (error: UpstreamError): DeliveryError =>
+const toDeliveryError = (error: UpstreamError): DeliveryError =>
   error.kind === "Temporary" && error.retryAfterMillis !== undefined
     ? new DeliveryError({ kind: "RateLimited", detail: error.detail, retryAfterMillis: error.retryAfterMillis })
     : new DeliveryError({
@@ -124,7 +124,7 @@ const fromBreaker = (error: CircuitBreaker.CircuitBreakerError): DeliveryError =
   })
 
 /** One call that ended well: now, or on an earlier try (`previously`). */
-export interface CallAccepted {
+interface CallAccepted {
   readonly upstreamId: string
   readonly previously?: Delivered | undefined
 }
@@ -135,7 +135,7 @@ export interface CallAccepted {
  * says more than a timeout); otherwise accepted recipients make a receipt naming the refused ones;
  * nothing accepted is a permanent refusal.
  */
-export const outcome = (
+const outcome = (
   gatewayId: string,
   calls: ReadonlyArray<ReadonlyArray<Mailbox>>,
   results: ReadonlyArray<Result.Result<CallAccepted, DeliveryError>>
@@ -160,7 +160,8 @@ export const outcome = (
   if (temporary.length > 0) {
     const waits = temporary.filter((e) => e.kind === "RateLimited").map((e) => e.retryAfterMillis ?? 0)
     if (waits.length > 0) {
-      const longest = temporary.find((e) => e.kind === "RateLimited" && e.retryAfterMillis === Math.max(...waits))!
+      const wait = Math.max(...waits)
+      const longest = temporary.find((e) => e.kind === "RateLimited" && e.retryAfterMillis === wait)!
       return Result.fail(longest)
     }
     return Result.fail(temporary.find((e) => e.kind !== "Timeout") ?? temporary[0]!)
@@ -186,7 +187,7 @@ const breakerStateValue = { Closed: 0, HalfOpen: 1, Open: 2 } as const
  * 10 are recorded, of the last 20), stays open 30 seconds, then lets one probe through. The memory
  * store forgets a circuit idle for 60 seconds, so old failures stop counting.
  */
-export const breakerLayer: Layer.Layer<CircuitBreaker.CircuitBreaker> = CircuitBreaker.layer({
+const breakerLayer: Layer.Layer<CircuitBreaker.CircuitBreaker> = CircuitBreaker.layer({
   tripPolicy: CircuitBreaker.rate({ threshold: 0.5, size: 20, minimumCalls: 10 }),
   openDuration: "30 seconds"
 }).pipe(Layer.provide(CircuitBreaker.layerStoreMemory({ idleTimeToLive: "60 seconds" })))
@@ -277,7 +278,6 @@ const make = Effect.gen(function*() {
     const outbound: Outbound = {
       id: request.id,
       message: request.message,
-      received: request.received,
       // read only by an upstream that writes the bytes (the outbox): not made otherwise
       get raw() {
         return request.raw

@@ -41,7 +41,7 @@ export interface WindowOptions {
 }
 
 /** Memory entries kept at most; the oldest delivered ones go first. */
-export const defaultCapacity = 100_000
+const defaultCapacity = 100_000
 
 /** A Redis command that takes longer than this counts as failed: the window then fails open. */
 const redisTimeout = Duration.seconds(2)

@@ -1,9 +1,42 @@
 /**
- * Reading an email API's HTTP answer, for both HTTP upstreams (`http` and `cakemail`): the reason an
- * error body gives, made safe for an SMTP reply and a log line, and the Retry-After header. Pure
- * functions; no status mapping (each upstream owns its own).
+ * Reading an email API's HTTP answer, for both HTTP upstreams (`http` and `cakemail`): the body, read
+ * up to a cap; the reason an error body gives, made safe for an SMTP reply and a log line; and the
+ * Retry-After header. No status mapping (each upstream owns its own).
  */
-import { DateTime, Option, Predicate, Schema } from "effect"
+import { DateTime, Effect, Option, Predicate, Schema, Stream } from "effect"
+import type { HttpClientResponse } from "effect/http"
+
+/** More than any id, token or error document; a larger answer is cut, never buffered whole. */
+export const maxResponseBytes = 64 * 1024
+
+/**
+ * Reads at most `maxResponseBytes` of the body as text; a body that breaks off reads as what arrived.
+ * A body whose Content-Length is within the cap is read whole (the HTTP parser stops at that length);
+ * this way ends the request normally, where a stream read aborts it once done (a DOMException each).
+ */
+export const readCapped = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
+  const declared = response.headers["content-length"]
+  if (declared !== undefined && /^\d{1,9}$/.test(declared) && Number(declared) <= maxResponseBytes) {
+    return Effect.orElseSucceed(response.text, () => "")
+  }
+  return readStream(response)
+}
+
+/** `readCapped` for a body of unknown or large length: chunk by chunk, stopping at the cap. */
+const readStream = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
+  const chunks: Array<Uint8Array> = []
+  let size = 0
+  return Stream.runForEachWhile(response.stream, (chunk) =>
+    Effect.sync(() => {
+      const room = maxResponseBytes - size
+      chunks.push(chunk.length > room ? chunk.subarray(0, room) : chunk)
+      size += Math.min(chunk.length, room)
+      return size < maxResponseBytes
+    })).pipe(
+      Effect.ignore,
+      Effect.map(() => Buffer.concat(chunks).toString("utf8"))
+    )
+}
 
 const decodeJson = Schema.decodeUnknownOption(Schema.fromJsonString(Schema.Unknown))
 /** FastAPI's validation errors: `{detail: [{loc, msg}]}`. */

@@ -3,48 +3,16 @@
  * the principal's bearer key, an Idempotency-Key and `traceparent`; the answer's status becomes an
  * `UpstreamAccepted` or a classified `UpstreamError`. No timeout or retry here: Delivery owns both.
  */
-import { Clock, Effect, Layer, Option, Redacted, Schema, Stream } from "effect"
-import { HttpClient, HttpClientRequest, type HttpClientResponse } from "effect/http"
+import { Clock, Effect, Layer, Option, Redacted, Schema } from "effect"
+import { HttpClient, HttpClientRequest } from "effect/http"
 import { ConfigInvalid, GatewayConfig } from "../Config.ts"
-import { errorReason, retryAfterMillis } from "./HttpReply.ts"
+import { errorReason, readCapped, retryAfterMillis } from "./HttpReply.ts"
 import { toHttpBody } from "./JsonBody.ts"
 import { metered, type Outbound, Upstream, type UpstreamAccepted, UpstreamError } from "./Upstream.ts"
-
-/** More than any id or error document; a larger answer is cut, never buffered whole. */
-export const maxResponseBytes = 64 * 1024
 
 /** `{ "id": "..." }`; some APIs send a number. */
 const Accepted = Schema.Struct({ id: Schema.Union([Schema.NonEmptyString, Schema.Finite]) })
 const decodeAccepted = Schema.decodeUnknownOption(Schema.fromJsonString(Accepted))
-
-/**
- * Reads at most `maxResponseBytes` of the body as text; a body that breaks off reads as what arrived.
- * A body whose Content-Length is within the cap is read whole (the HTTP parser stops at that length);
- * this way ends the request normally, where a stream read aborts it once done (a DOMException each).
- */
-const readCapped = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
-  const declared = response.headers["content-length"]
-  if (declared !== undefined && /^\d{1,9}$/.test(declared) && Number(declared) <= maxResponseBytes) {
-    return Effect.orElseSucceed(response.text, () => "")
-  }
-  return readStream(response)
-}
-
-/** `readCapped` for a body of unknown or large length: chunk by chunk, stopping at the cap. */
-const readStream = (response: HttpClientResponse.HttpClientResponse): Effect.Effect<string> => {
-  const chunks: Array<Uint8Array> = []
-  let size = 0
-  return Stream.runForEachWhile(response.stream, (chunk) =>
-    Effect.sync(() => {
-      const room = maxResponseBytes - size
-      chunks.push(chunk.length > room ? chunk.subarray(0, room) : chunk)
-      size += Math.min(chunk.length, room)
-      return size < maxResponseBytes
-    })).pipe(
-      Effect.ignore,
-      Effect.map(() => Buffer.concat(chunks).toString("utf8"))
-    )
-}
 
 /** The status mapping of design.md §5. */
 const classify = (
@@ -114,8 +82,7 @@ const make = Effect.gen(function*() {
           const now = yield* Clock.currentTimeMillis
           return yield* classify(response.status, body, retryAfterMillis(response.headers["retry-after"], now))
         })
-      ),
-      Effect.scoped
+      )
     ))
   })
 

@@ -6,7 +6,7 @@
  */
 import { Clock, Context, Duration, Effect, Layer, Metric, Ref, Schema } from "effect"
 import type { Mailbox } from "../domain/Address.ts"
-import type { CanonicalMessage, ReceivedMessage } from "../domain/Message.ts"
+import type { CanonicalMessage } from "../domain/Message.ts"
 import type { Principal } from "../domain/Principal.ts"
 import { apiErrors, apiLatency } from "../observability/Metrics.ts"
 
@@ -15,8 +15,6 @@ export interface Outbound {
   /** The gateway id: `250 2.0.0 Ok: queued as <id>`, the outbox file name, the canonical `id`. */
   readonly id: string
   readonly message: CanonicalMessage
-  /** The message as received: its digest keys the duplicate window. */
-  readonly received: ReceivedMessage
   /** The message as it travels on (Bcc removed, Received added): what the outbox writes as .eml. */
   readonly raw: Uint8Array
   readonly principal: Principal

@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Metric, Option, Redacted, Result } from "effect"
 import { attachmentNamePattern, mapAttachments, sanitizeAttachmentName } from "../../src/delivery/CakemailUpstream.ts"
+import { maxResponseBytes } from "../../src/delivery/HttpReply.ts"
 import { UpstreamError } from "../../src/delivery/Upstream.ts"
 import { apiErrors, apiLatency } from "../../src/observability/Metrics.ts"
 import type { CanonicalMessage } from "../../src/domain/Message.ts"
@@ -329,7 +330,7 @@ describe("CakemailUpstream", () => {
           yield* fake.expireAccessTokens
           const error = yield* submit(principal).pipe(Effect.flip)
           assert.deepStrictEqual([error.kind, error.status], ["Unauthorized", 401])
-          // what Delivery does: drop the principal, verify the session's credentials again, retry once
+          // what Submission.onUnauthorized does: drop the principal, log in again, deliver once more
           const renewed = yield* login()
           const accepted = yield* submit(renewed)
           assert.isString(accepted.upstreamId)
@@ -367,6 +368,20 @@ describe("CakemailUpstream", () => {
           const error = yield* submit(principal).pipe(Effect.flip)
           assert.deepStrictEqual([error.kind, error.status, error.retryAfterMillis], ["Temporary", 429, 7000])
           assert.isTrue(error.isTemporary)
+        })
+      ))
+
+    it.live("keeps a Retry-After only on a temporary failure, and reads an answer only up to its cap", () =>
+      withCakemail((fake) =>
+        Effect.gen(function*() {
+          const principal = yield* login()
+          yield* fake.fault("emails", Faults.status(400, { detail: "bad sender" }, { "retry-after": "7" }), 1)
+          const refused = yield* submit(principal).pipe(Effect.flip)
+          assert.deepStrictEqual([refused.kind, refused.detail, refused.retryAfterMillis], ["Rejected", "bad sender", undefined])
+          yield* fake.fault("emails", Faults.status(400, { detail: "y".repeat(2 * maxResponseBytes) }), 1)
+          const large = yield* submit(principal).pipe(Effect.flip)
+          // the JSON is cut at the cap, so no reason can be read from it
+          assert.deepStrictEqual([large.kind, large.detail], ["Rejected", "status 400"])
         })
       ))
 

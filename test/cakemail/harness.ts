@@ -94,7 +94,6 @@ export const submit = (principal: Principal, msg: CanonicalMessage = message(), 
     upstream.submit({
       id: msg.id,
       message: msg,
-      received: { raw: new Uint8Array(), size: 0, sha256: "0".repeat(64) },
       raw: new Uint8Array(),
       principal,
       recipients: [recipient as Mailbox],

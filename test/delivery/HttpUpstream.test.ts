@@ -3,6 +3,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Layer, Metric, Option } from "effect"
 import { TestClock } from "effect/testing"
 import { idempotencyKey } from "../../src/delivery/Delivery.ts"
+import { maxResponseBytes } from "../../src/delivery/HttpReply.ts"
 import * as HttpUpstream from "../../src/delivery/HttpUpstream.ts"
 import { type Outbound, Upstream } from "../../src/delivery/Upstream.ts"
 import { Principal } from "../../src/domain/Principal.ts"
@@ -179,7 +180,7 @@ describe("HttpUpstream", () => {
 
   it.effect("reads a large answer only up to its cap", () =>
     Effect.gen(function*() {
-      const error = yield* answering(400, { detail: "y".repeat(2 * HttpUpstream.maxResponseBytes) })
+      const error = yield* answering(400, { detail: "y".repeat(2 * maxResponseBytes) })
       // the JSON is cut at the cap, so no reason can be read from it
       assert.strictEqual(error.detail, "HTTP 400")
     }))
