@@ -6,9 +6,10 @@
 import * as os from "node:os"
 import * as path from "node:path"
 import { Config, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import type { AuthBackendName } from "./domain/Principal.ts"
+import { defaultMimeLimits, defaultParseTimeout } from "./message/MimeLimits.ts"
 import { parseCidr } from "./policy/Cidr.ts"
 
-export type AuthBackendKind = "file" | "http" | "cakemail"
 export type UpstreamKind = "outbox" | "http" | "cakemail"
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error"
 
@@ -23,7 +24,7 @@ export interface GatewayConfigShape {
   readonly dataDir: string
   readonly tls: { readonly certPath: Option.Option<string>; readonly keyPath: Option.Option<string>; readonly dir: string }
   readonly auth: {
-    readonly backend: AuthBackendKind
+    readonly backend: AuthBackendName
     readonly usersFile: string
     readonly url: Option.Option<URL>
     readonly cacheTtl: Duration.Duration
@@ -39,8 +40,8 @@ export interface GatewayConfigShape {
   readonly cakemail: {
     readonly apiUrl: URL
     readonly emailType: string
-    /** CAKEMAIL_UNSUPPORTED_PARTS: refuse (554) or drop attachments the API cannot carry; absent = reject. */
-    readonly unsupportedParts?: "reject" | "drop"
+    /** CAKEMAIL_UNSUPPORTED_PARTS: refuse (554) or drop attachments the API cannot carry. */
+    readonly unsupportedParts: "reject" | "drop"
   }
   readonly delivery: {
     readonly deadline: Duration.Duration
@@ -277,18 +278,18 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
       maxMessagesPerSession: withDefault(yield* read("MAX_MESSAGES_PER_SESSION", integer(1, 1_000_000), countFix), 100)
     },
     mime: {
-      maxParts: withDefault(yield* read("MIME_MAX_PARTS", integer(1, 1_000_000), countFix), 1000),
-      maxDepth: withDefault(yield* read("MIME_MAX_DEPTH", integer(1, 1000), countFix), 10),
+      maxParts: withDefault(yield* read("MIME_MAX_PARTS", integer(1, 1_000_000), countFix), defaultMimeLimits.maxParts),
+      maxDepth: withDefault(yield* read("MIME_MAX_DEPTH", integer(1, 1000), countFix), defaultMimeLimits.maxDepth),
       maxHeaderBytes: withDefault(
         yield* read("MIME_MAX_HEADER_SIZE", integer(1024, 1_073_741_824, "a size in bytes"), "set a size in bytes"),
-        131_072
+        defaultMimeLimits.maxHeaderBytes
       ),
-      maxHeaders: withDefault(yield* read("MIME_MAX_HEADERS", integer(1, 1_000_000), countFix), 500),
+      maxHeaders: withDefault(yield* read("MIME_MAX_HEADERS", integer(1, 1_000_000), countFix), defaultMimeLimits.maxHeaders),
       maxLineLength: withDefault(
         yield* read("MIME_MAX_LINE_LENGTH", integer(998, 1_073_741_824, "a size in bytes"), "set a size in bytes"),
-        65_536
+        defaultMimeLimits.maxLineLength
       ),
-      parseTimeout: withDefault(yield* read("PARSE_TIMEOUT", duration, durationFix), Duration.seconds(10))
+      parseTimeout: withDefault(yield* read("PARSE_TIMEOUT", duration, durationFix), Duration.fromInputUnsafe(defaultParseTimeout))
     },
     shutdownDrainTimeout: withDefault(yield* read("SHUTDOWN_DRAIN_TIMEOUT", duration, durationFix), Duration.seconds(30)),
     redisUrl: Option.map(

@@ -9,7 +9,7 @@ import { Cache, Clock, Context, Duration, Effect, Exit, Layer, Metric, Option, R
 import { GatewayConfig } from "../Config.ts"
 import type { Credentials, Principal } from "../domain/Principal.ts"
 import { apiKeyCacheSize } from "../observability/Metrics.ts"
-import { AuthError, BackendUnavailable, CredentialStore, InvalidCredentials } from "./CredentialStore.ts"
+import { AuthError, CredentialStore, InvalidCredentials } from "./CredentialStore.ts"
 
 export class Authenticator extends Context.Service<Authenticator, {
   readonly verify: (credentials: Credentials) => Effect.Effect<Principal, AuthError>
@@ -27,22 +27,33 @@ export class Authenticator extends Context.Service<Authenticator, {
 }
 
 /** How many credentials the cache holds at most (least recently used go first). */
-export const cacheCapacity = 10_000
+const cacheCapacity = 10_000
 /** How long a rejected credential is answered from the cache. */
-export const rejectedTtl = Duration.seconds(30)
+const rejectedTtl = Duration.seconds(30)
 /** A principal with an expiry leaves the cache this long before its grant ends. */
-export const expiryMargin = Duration.seconds(30)
+const expiryMargin = Duration.seconds(30)
 
 interface Verified {
   readonly principal: Principal
   readonly ttl: Duration.Duration
 }
 
+/**
+ * The credentials of the verify whose get starts a lookup (the cache's lookup only receives the key).
+ * The lookup runs in its own fiber with that verify's context, and a fiber drops its context when it
+ * ends, so no password outlives its lookup; a verify that joins a lookup in flight waits for it even
+ * if the verify that started it is interrupted.
+ */
+class LookupCredentials extends Context.Service<LookupCredentials, Credentials>()(
+  "smtp-gateway/auth/Authenticator/LookupCredentials"
+) {}
+
+const sameApiKey = Option.makeEquivalence((x: Redacted.Redacted<string>, y: Redacted.Redacted<string>) =>
+  Redacted.value(x) === Redacted.value(y)
+)
+
 const samePrincipal = (a: Principal, b: Principal): boolean =>
-  a.username === b.username &&
-  Option.makeEquivalence((x: Redacted.Redacted<string>, y: Redacted.Redacted<string>) =>
-    Redacted.value(x) === Redacted.value(y)
-  )(a.apiKey, b.apiKey)
+  a.username === b.username && sameApiKey(a.apiKey, b.apiKey)
 
 const rejectEarly = (credentials: Credentials): boolean =>
   credentials.username === "" ||
@@ -68,25 +79,16 @@ export const makeCredentialKey = (): (credentials: Credentials) => string => {
   }
 }
 
-export const makeAuthenticator = (
+const makeAuthenticator = (
   store: CredentialStore["Service"],
   options: { readonly cacheTtl: Duration.Duration }
 ): Effect.Effect<Authenticator["Service"]> =>
   Effect.gen(function*() {
     const cacheKey = makeCredentialKey()
 
-    // The credentials of lookups in flight, by key: the cache's lookup only receives the key. An entry
-    // lives while some verify waits for it, so no password outlives its lookup.
-    const inFlight = new Map<string, { readonly credentials: Credentials; holders: number }>()
-
-    const lookup = (key: string): Effect.Effect<Verified, AuthError> =>
+    const lookup = (_key: string): Effect.Effect<Verified, AuthError, LookupCredentials> =>
       Effect.gen(function*() {
-        const pending = inFlight.get(key)
-        // Only when every verify waiting for this key was interrupted before the lookup began.
-        if (pending === undefined) {
-          return yield* new AuthError({ reason: new BackendUnavailable({ detail: "the login was abandoned" }) })
-        }
-        const principal = yield* store.verify(pending.credentials)
+        const principal = yield* store.verify(yield* LookupCredentials)
         const now = yield* Clock.currentTimeMillis
         const ttl = Option.match(principal.expiresAt, {
           onNone: () => options.cacheTtl,
@@ -102,25 +104,17 @@ export const makeAuthenticator = (
         if (Exit.isSuccess(exit)) return exit.value.ttl
         const error = Exit.findErrorOption(exit)
         return Option.isSome(error) && error.value.reason._tag === "InvalidCredentials" ? rejectedTtl : Duration.zero
-      }
+      },
+      requireServicesAt: "lookup"
     })
 
     const recordSize = Effect.flatMap(Cache.size(cache), (size) => Metric.update(apiKeyCacheSize, size))
 
     const cached = (credentials: Credentials): Effect.Effect<Principal, AuthError> =>
-      Effect.suspend(() => {
-        const key = cacheKey(credentials)
-        const pending = inFlight.get(key)
-        if (pending === undefined) inFlight.set(key, { credentials, holders: 1 })
-        else pending.holders++
-        return Cache.get(cache, key).pipe(
-          Effect.map((verified) => verified.principal),
-          Effect.ensuring(Effect.sync(() => {
-            const entry = inFlight.get(key)
-            if (entry !== undefined && --entry.holders === 0) inFlight.delete(key)
-          }))
-        )
-      })
+      Cache.get(cache, cacheKey(credentials)).pipe(
+        Effect.map((verified) => verified.principal),
+        Effect.provideService(LookupCredentials, credentials)
+      )
 
     const verify = Effect.fnUntraced(
       function*(credentials: Credentials) {

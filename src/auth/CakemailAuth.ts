@@ -33,7 +33,7 @@ interface StoredGrant {
  * (no password on the wire); a refused refresh falls back to the password grant. Bad credentials and
  * MFA accounts are InvalidCredentials (MFA with a hint); outages are BackendUnavailable.
  */
-export const makeCakemailCredentialStore = Effect.gen(function*() {
+const makeCakemailCredentialStore = Effect.gen(function*() {
   const api = yield* CakemailApi
   const keyOf = makeCredentialKey()
   const grants = new Map<string, StoredGrant>()

@@ -147,7 +147,7 @@ export interface MemoryUser {
 const digest = (password: string) => crypto.createHash("sha256").update(password, "utf8").digest()
 
 /** A store over fixed users; passwords are compared as SHA-256 digests in constant time. */
-export const makeMemoryStore = (users: ReadonlyArray<MemoryUser>): CredentialStore["Service"] => {
+const makeMemoryStore = (users: ReadonlyArray<MemoryUser>): CredentialStore["Service"] => {
   const byName = new Map(users.map((u) => [u.username, {
     digest: digest(u.password),
     principal: principalOf(u.username, u.senders, u.apiKey)

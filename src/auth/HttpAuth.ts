@@ -32,7 +32,7 @@ const decodeAnswer = Schema.decodeUnknownOption(Schema.fromJsonString(AuthAnswer
 class Temporary extends Data.TaggedError("Temporary")<{ readonly detail: string }> {}
 
 /** CredentialStore for AUTH_BACKEND=http. */
-export const makeHttpCredentialStore = Effect.fnUntraced(function*(options: HttpAuthOptions) {
+const makeHttpCredentialStore = Effect.fnUntraced(function*(options: HttpAuthOptions) {
   const client = yield* HttpClient.HttpClient
   const timeout = options.timeout ?? "5 seconds"
   const schedule = Schedule.exponential(options.backoff ?? "250 millis").pipe(Schedule.jittered)

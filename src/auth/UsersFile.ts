@@ -43,7 +43,7 @@ const usernameProblem = (name: string): string | undefined => {
 }
 
 /** A login name: non-empty, at most 254 characters, no whitespace or control characters. */
-export const Username = Schema.String.check(Schema.makeFilter<string>(usernameProblem))
+const Username = Schema.String.check(Schema.makeFilter<string>(usernameProblem))
 
 const b64 = "[A-Za-z0-9+/]+={0,2}"
 const hashPattern = new RegExp(`^scrypt\\$(\\d{1,8})\\$(\\d{1,3})\\$(\\d{1,3})\\$(${b64})\\$(${b64})$`)
@@ -72,7 +72,7 @@ const parseHash = (hash: string): Result.Result<HashParams, string> => {
 }
 
 /** A stored password: `scrypt$<N>$<r>$<p>$<salt base64>$<hash base64>`. */
-export const PasswordHash = Schema.String.check(
+const PasswordHash = Schema.String.check(
   Schema.makeFilter<string>((hash) => Result.match(parseHash(hash), { onFailure: (p) => p, onSuccess: () => undefined }))
 )
 

@@ -31,8 +31,8 @@ export type Mailbox = typeof Mailbox.Type
 
 export const decodeMailbox = Schema.decodeUnknownOption(Mailbox)
 
-/** The domain of a mailbox, lower-cased. */
-export const domainOf = (mailbox: Mailbox): string => mailbox.slice(mailbox.lastIndexOf("@") + 1).toLowerCase()
+/** The domain of a mailbox (what follows its last `@`), lower-cased. */
+export const domainOf = (mailbox: string): string => mailbox.slice(mailbox.lastIndexOf("@") + 1).toLowerCase()
 
 /**
  * What a principal may send as: an exact address (`alice@example.com`) or a whole domain
@@ -47,7 +47,7 @@ export type SenderRule = typeof SenderRule.Type
 
 export const senderAllowed = (rules: ReadonlyArray<SenderRule>, address: string): boolean => {
   const lower = address.toLowerCase()
-  const domain = "@" + lower.slice(lower.lastIndexOf("@") + 1)
+  const domain = "@" + domainOf(address)
   return rules.some((rule) => {
     const r = rule.toLowerCase()
     return r.startsWith("@") ? r === domain : r === lower

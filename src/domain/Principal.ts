@@ -29,6 +29,9 @@ export class Principal extends Data.Class<{
   readonly backend: AuthBackendName
   /** The account at the backend, where it has one (Cakemail account id). */
   readonly account: Option.Option<string>
-  /** When the backend's grant ends (epoch millis, from Clock): the auth cache never keeps it longer. */
+  /**
+   * When the principal must be verified again (epoch millis, from Clock; a backend may set it before its
+   * grant ends): the auth cache never keeps it longer.
+   */
   readonly expiresAt: Option.Option<number>
 }> {}

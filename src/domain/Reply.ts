@@ -39,6 +39,7 @@ export const isRespondable = (u: unknown): u is Respondable =>
   Predicate.hasProperty(u, "reply") && u.reply instanceof Reply
 
 export const Replies = {
+  /** QUIT's reply in design's table: smtp-server writes its 221 itself, so the gateway never sends this. */
   bye: reply(221, "2.0.0", "Bye"),
 
   tlsRequired: reply(530, "5.7.0", "Must issue a STARTTLS command first"),

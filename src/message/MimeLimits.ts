@@ -4,6 +4,7 @@
  * parts and nesting depth (multipart, and message/rfc822 sent unencoded). It refuses; it never
  * truncates or repairs. Pure: bytes in, the first violation (if any) out.
  */
+import type { Duration } from "effect"
 
 export interface MimeLimitOptions {
   readonly maxParts: number
@@ -12,6 +13,18 @@ export interface MimeLimitOptions {
   readonly maxHeaders: number
   readonly maxLineLength: number
 }
+
+/** The MIME limits at their defaults (MIME_MAX_* in README's configuration table). */
+export const defaultMimeLimits: MimeLimitOptions = {
+  maxParts: 1000,
+  maxDepth: 10,
+  maxHeaderBytes: 131_072,
+  maxHeaders: 500,
+  maxLineLength: 65_536
+}
+
+/** PARSE_TIMEOUT's default. A type import only: parse workers load this module, and not effect. */
+export const defaultParseTimeout: Duration.Input = "10 seconds"
 
 /** The first limit the message breaks; `reason` is what the client reads after `554 5.6.0`. */
 export interface MimeViolation {

@@ -69,7 +69,7 @@ const ownedBytes = (bytes: Buffer): Uint8Array =>
     : new Uint8Array(bytes)
 
 /** The ArrayBuffers of a result that move to the main thread instead of being copied (attachment contents). */
-export const transferablesOf = (outcome: ParseOutcome): Array<ArrayBuffer> =>
+const transferablesOf = (outcome: ParseOutcome): Array<ArrayBuffer> =>
   outcome._tag === "Parsed"
     ? outcome.parts.attachments.flatMap(({ content }) =>
       content.buffer instanceof ArrayBuffer && content.byteOffset === 0 && content.byteLength === content.buffer.byteLength
@@ -153,7 +153,7 @@ export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
     feed()
   })
 
-export const runJob = async (job: ParseJob): Promise<ParseOutcome> => {
+const runJob = async (job: ParseJob): Promise<ParseOutcome> => {
   if (job.limits !== undefined) {
     const violation = checkMimeLimits(job.bytes, job.limits)
     if (violation !== undefined) return { _tag: "Refused", reason: violation.reason }

@@ -15,9 +15,9 @@ import type { AddressObject, EmailAddress, HeaderValue } from "mailparser"
 import { GatewayConfig } from "../Config.ts"
 import { MessageRejected } from "../domain/Errors.ts"
 import type { AddressRef, ParsedMessage, ReceivedMessage } from "../domain/Message.ts"
-import type { MimeLimitOptions } from "./MimeLimits.ts"
+import { defaultMimeLimits, defaultParseTimeout, type MimeLimitOptions } from "./MimeLimits.ts"
 import { type ParseOutcome, type ParseResult, workerRole } from "./ParseWorker.ts"
-import { type RawField, splitHeaderSection } from "./Transform.ts"
+import { isBcc, named, type RawField, splitHeaderSection } from "./Transform.ts"
 
 const unparseable = () => new MessageRejected({ reason: "the message could not be parsed" })
 const notInTime = () => new MessageRejected({ reason: "the message could not be parsed in time" })
@@ -180,8 +180,6 @@ const stringOf = (value: HeaderValue | undefined): string | null =>
 const stringsOf = (value: HeaderValue | undefined): Array<string> =>
   (Array.isArray(value) ? value : [value]).filter((entry: unknown): entry is string => Predicate.isString(entry) && entry !== "")
 
-const named = (name: string) => (field: RawField) => field.name.toLowerCase() === name
-
 // RFC 5322 date: comments dropped; a date without a zone is read as UTC rather than local time.
 const isoDate = (value: string): string | null => {
   const bare = value.replace(/\([^)]*\)/g, " ").trim()
@@ -233,7 +231,7 @@ const makeParse = (runMailParser: RunMailParser, limits: MimeLimitOptions) =>
         subject: stringOf(mail.headers.get("subject")),
         text: mail.text,
         html: mail.html,
-        headers: fields.filter((field) => !named("bcc")(field)).map(({ name, value }) => ({ name, value })),
+        headers: fields.filter((field) => !isBcc(field)).map(({ name, value }) => ({ name, value })),
         attachments: mail.attachments,
         inReplyTo: stringOf(mail.headers.get("in-reply-to")),
         references: stringsOf(mail.headers.get("references"))
@@ -242,17 +240,8 @@ const makeParse = (runMailParser: RunMailParser, limits: MimeLimitOptions) =>
     Effect.withSpan("message.parse")
   )
 
-/** The MIME limits of design.md §4 at their defaults. */
-export const defaultMimeLimits: MimeLimitOptions = {
-  maxParts: 1000,
-  maxDepth: 10,
-  maxHeaderBytes: 131_072,
-  maxHeaders: 500,
-  maxLineLength: 65_536
-}
-
 /** Parse workers: one per core, at least 2 and at most 8. */
-export const defaultWorkers = Math.min(8, Math.max(2, os.availableParallelism()))
+const defaultWorkers = Math.min(8, Math.max(2, os.availableParallelism()))
 
 export interface ParserOptions {
   /** Bounds one parse (from the moment a started worker has it), so no message can hang a session. */
@@ -272,8 +261,8 @@ export class Parser extends Context.Service<Parser, {
         Parser.of({ parse: makeParse(run, options.limits ?? defaultMimeLimits) }))
     )
 
-  /** Default limits and a 10 second deadline. */
-  static readonly layer = Parser.layerWith({ timeout: Duration.seconds(10) })
+  /** Default limits and deadline. */
+  static readonly layer = Parser.layerWith({ timeout: defaultParseTimeout })
 
   /** MIME_MAX_* and PARSE_TIMEOUT from GatewayConfig. */
   static readonly layerConfig: Layer.Layer<Parser, never, GatewayConfig> = Layer.unwrap(

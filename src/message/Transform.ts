@@ -47,7 +47,7 @@ const latin1 = new TextDecoder("latin1")
 const encoder = new TextEncoder()
 
 /** Unfolds a header value: each line break with the white space after it becomes one space. */
-export const unfold = (value: string): string => value.replace(/\r?\n[ \t]+/g, " ").trim()
+const unfold = (value: string): string => value.replace(/\r?\n[ \t]+/g, " ").trim()
 
 /** The end of the field name when `line` starts a header field (`Name:` or obsolete `Name :`), else -1. */
 const fieldNameEnd = (raw: Uint8Array, start: number, end: number): number => {
@@ -110,16 +110,19 @@ export const splitHeaderSection = (raw: Uint8Array): Result.Result<HeaderSection
 /** One step over the header fields; steps keep the fields they do not touch as they are. */
 export type HeaderStep = (headers: ReadonlyArray<Header>, context: TransformContext) => ReadonlyArray<Header>
 
-const named = (name: string) => (header: Header) => header.name.toLowerCase() === name
+/** A test for header fields of one name; `name` in lower case. */
+export const named = (name: string) => (header: Header): boolean => header.name.toLowerCase() === name
+export const isBcc = named("bcc")
+const isMessageId = named("message-id")
 
 /** The Message-ID the gateway gives a message that has none. */
 export const generatedMessageId = (context: TransformContext): string => `<${context.id}@${context.hostname}>`
 
 const hasMessageId = (headers: ReadonlyArray<Header>) =>
-  headers.some((header) => named("message-id")(header) && header.value !== "")
+  headers.some((header) => isMessageId(header) && header.value !== "")
 
 /** RFC 5322 date-time of an ISO instant: `Tue, 01 Jul 2025 10:00:00 +0000`. */
-export const rfc5322Date = (iso: string): string =>
+const rfc5322Date = (iso: string): string =>
   DateTime.toDateUtc(DateTime.makeUnsafe(iso)).toUTCString().replace(/GMT$/, "+0000")
 
 // what a client sent as HELO, made safe to stand inside a Received field
@@ -135,17 +138,17 @@ export const receivedHeader = (context: TransformContext): Header => {
   }
 }
 
-export const stripBcc: HeaderStep = (headers) => headers.filter((header) => !named("bcc")(header))
+const stripBcc: HeaderStep = (headers) => headers.filter((header) => !isBcc(header))
 
-export const addMessageId: HeaderStep = (headers, context) =>
+const addMessageId: HeaderStep = (headers, context) =>
   hasMessageId(headers) ? headers : [{ name: "Message-ID", value: generatedMessageId(context) }, ...headers]
 
-export const addReceived: HeaderStep = (headers, context) => [receivedHeader(context), ...headers]
+const addReceived: HeaderStep = (headers, context) => [receivedHeader(context), ...headers]
 
 /** In order: the Received field ends up first, a generated Message-ID second. */
-export const headerSteps: ReadonlyArray<HeaderStep> = [stripBcc, addMessageId, addReceived]
+const headerSteps: ReadonlyArray<HeaderStep> = [stripBcc, addMessageId, addReceived]
 
-export const applyHeaderSteps = (headers: ReadonlyArray<Header>, context: TransformContext): ReadonlyArray<Header> =>
+const applyHeaderSteps = (headers: ReadonlyArray<Header>, context: TransformContext): ReadonlyArray<Header> =>
   headerSteps.reduce((acc, step) => step(acc, context), headers)
 
 // ---------------------------------------------------------------------------------------------

@@ -37,9 +37,9 @@ export const authFailureWindow = Duration.minutes(5)
 /** ...and past the limit, the pair (or the IP) is refused for this long. */
 export const authBlockDuration = Duration.hours(1)
 /** An IP is blocked after this many times AUTH_FAILURE_LIMIT failures, whatever the usernames (spraying). */
-export const ipFailureFactor = 4
+const ipFailureFactor = 4
 /** The delay before a `535` never exceeds this. */
-export const maxFailureDelay = Duration.seconds(8)
+const maxFailureDelay = Duration.seconds(8)
 /** A store call that takes longer counts as failed (and lets the client through). */
 const storeTimeout = Duration.seconds(1)
 
@@ -141,7 +141,7 @@ export const makeMemoryLockoutStore = (): LockoutStore => {
 
 const redisPrefix = "smtp-gateway:lockout:"
 
-export const makeRedisLockoutStore = (redis: Redis.Redis["Service"]): LockoutStore => ({
+const makeRedisLockoutStore = (redis: Redis.Redis["Service"]): LockoutStore => ({
   // SET NX PX first, so the key always carries its expiry; INCR keeps it
   increment: (key, window) =>
     Effect.andThen(

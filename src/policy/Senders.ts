@@ -18,7 +18,7 @@ export class SendersUnavailable extends Schema.TaggedError<SendersUnavailable>()
 }
 
 /** True when the principal's own rules allow `address` (no rules: the upstream API decides). */
-export const principalMaySendAs = (principal: Principal, address: string): boolean =>
+const principalMaySendAs = (principal: Principal, address: string): boolean =>
   Option.match(principal.senders, { onNone: () => true, onSome: (rules) => senderAllowed(rules, address) })
 
 export class Senders extends Context.Service<Senders, {

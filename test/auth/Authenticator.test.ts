@@ -126,6 +126,19 @@ describe("Authenticator", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("lets a verify finish when the verify whose lookup it joined is interrupted", () => {
+    const { calls, layer } = harness((c) => Effect.as(Effect.sleep("1 second"), principal(c.username)))
+    return Effect.gen(function*() {
+      const auth = yield* Authenticator
+      const first = yield* Effect.forkChild(auth.verify(credentials("alice", "alice-pw")), { startImmediately: true })
+      const second = yield* Effect.forkChild(auth.verify(credentials("alice", "alice-pw")), { startImmediately: true })
+      yield* Fiber.interrupt(first)
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(second)).username, "alice")
+      assert.strictEqual(calls.length, 1)
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("refuses empty credentials and a foreign authzid without asking the backend", () => {
     const { calls, layer } = harness()
     return Effect.gen(function*() {
