@@ -15,7 +15,7 @@ export interface Reply {
 class ConnectionError extends Error {}
 
 /** The server answered 421 to MAIL and closes (e.g. a messages-per-session limit): reconnect, send again. */
-export class ServerClosing extends Error {}
+class ServerClosing extends Error {}
 
 /** Splits the server's bytes into (multi-line) replies and hands them out in order. */
 class ReplyReader {

@@ -55,12 +55,11 @@ execFileSync("openssl", [
 ], { stdio: "ignore" })
 
 const [upstreamPort, slowPort, collectorPort, cakemailPort] = [await freePort(), await freePort(), await freePort(), await freePort()]
-const hasFakeCakemail = readdirSync(path.join(repo, "test/support")).includes("FakeCakemail.ts")
-const standins = startChild(process.execPath, ["--import", "tsx", path.join(repo, "bench/standins.ts"), String(upstreamPort), String(slowPort), String(collectorPort), ...(hasFakeCakemail ? [String(cakemailPort)] : [])], {
+const standins = startChild(process.execPath, ["--import", "tsx", path.join(repo, "bench/standins.ts"), String(upstreamPort), String(slowPort), String(collectorPort), String(cakemailPort)], {
   cwd: repo,
   logFile: path.join(logDir, "standins.log")
 })
-await Promise.all([waitForPort(upstreamPort), waitForPort(slowPort), waitForPort(collectorPort), ...(hasFakeCakemail ? [waitForPort(cakemailPort)] : [])])
+await Promise.all([waitForPort(upstreamPort), waitForPort(slowPort), waitForPort(collectorPort), waitForPort(cakemailPort)])
 
 const env: Environment = {
   repo,
@@ -70,7 +69,7 @@ const env: Environment = {
   upstreamUrl: `http://127.0.0.1:${upstreamPort}/messages`,
   slowUpstreamUrl: `http://127.0.0.1:${slowPort}/messages`,
   collectorUrl: `http://127.0.0.1:${collectorPort}`,
-  cakemailUrl: hasFakeCakemail ? `http://127.0.0.1:${cakemailPort}` : undefined,
+  cakemailUrl: `http://127.0.0.1:${cakemailPort}`,
   logDir
 }
 
@@ -148,6 +147,32 @@ const load = (running: Running, shape: LoadShape, tag: string): Promise<LoadResu
 const text4k = (recipients: ReadonlyArray<string>) => (running: Running, tag: string) =>
   textMessage({ size: 4096, from: running.mailFrom, to: recipients, tag })
 
+/** What one measured pass gives: the load's result, CPU seconds, RSS before and at peak, the stand-ins' counters around it. */
+interface Measured {
+  readonly result: LoadResult
+  readonly cpu: number
+  readonly rssBefore: number
+  readonly peak: number
+  readonly before: UpstreamStats
+  readonly after: UpstreamStats
+}
+
+/** Runs one pass of `shape` against a started system, measuring its processes (RSS sampled every `sampleMs`). */
+const measured = async (running: Running, shape: LoadShape, tag: string, sampleMs: number): Promise<Measured> => {
+  const pids = running.pids()
+  const before = await upstreamStats()
+  const rssBefore = pids.reduce((n, pid) => n + statusBytes(pid, "VmRSS"), 0)
+  const cpu0 = cpuSecondsOf(pids)
+  const poller = pollRss(running.pids, sampleMs)
+  const result = await load(running, shape, tag)
+  const cpu = cpuSecondsOf(running.pids()) - cpu0
+  const { peak } = poller.stop()
+  // the stand-ins count a request once it has arrived in full
+  await sleep(50)
+  const after = await upstreamStats()
+  return { result, cpu, rssBefore, peak, before, after }
+}
+
 /** Starts the system, warms it up, measures one pass of `shape`, stops it. */
 const measure = async (
   scenario: string,
@@ -163,16 +188,7 @@ const measure = async (
       const w = await load(running, warmup, `warm-${scenario}-${system.id}-${stamp}`)
       if (w.accepted === 0) throw new Error(`warm-up accepted nothing: ${JSON.stringify(w.failures)}`)
     }
-    const pids = running.pids()
-    const before = await upstreamStats()
-    const rssBefore = pids.reduce((n, pid) => n + statusBytes(pid, "VmRSS"), 0)
-    const cpu0 = cpuSecondsOf(pids)
-    const poller = pollRss(() => running.pids(), 10)
-    const result = await load(running, shape, `${scenario}-${system.id}-${stamp}`)
-    const cpu = cpuSecondsOf(running.pids()) - cpu0
-    const { peak } = poller.stop()
-    await sleep(50)
-    const after = await upstreamStats()
+    const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, `${scenario}-${system.id}-${stamp}`, 10)
     return record(scenario, system, running, result, cpu, rssBefore, peak, system.postsToUpstream ? after.requests - before.requests : undefined)
   } finally {
     await running.stop()
@@ -267,23 +283,11 @@ const cakemailScenario = async () => {
   const ten = recipientsOf(10)
   const perConnection = quick ? 10 : 100
   console.log(`\n== 10 recipients per message through the Cakemail stand-in, 10 connections × ${perConnection} messages`)
-  if (env.cakemailUrl === undefined) {
-    console.log("  not run: test/support/FakeCakemail.ts is missing")
-    return
-  }
   const shape: LoadShape = { connections: 10, messagesPerConnection: perConnection, newConnectionPerMessage: false, recipients: ten, message: text4k(ten) }
   const running = await gateway.start(env, { mode: "tls", upstream: "cakemail" })
   try {
     await load(running, { ...shape, messagesPerConnection: 5 }, `warm-cakemail-${stamp}`)
-    const before = await upstreamStats()
-    const rssBefore = statusBytes(running.pids()[0]!, "VmRSS")
-    const cpu0 = cpuSecondsOf(running.pids())
-    const poller = pollRss(running.pids, 10)
-    const result = await load(running, shape, `cakemail-${stamp}`)
-    const cpu = cpuSecondsOf(running.pids()) - cpu0
-    const { peak } = poller.stop()
-    await sleep(50)
-    const after = await upstreamStats()
+    const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, `cakemail-${stamp}`, 10)
     const emails = after.cakemailEmails - before.cakemailEmails
     record("cakemail-10rcpt", gateway, running, result, cpu, rssBefore, peak, undefined, { cakemailEmails: emails, recipientsPerSec: emails / result.wallSec })
     console.log(`  ${emails} POST /v2/emails answered 201 (${fmt(emails / result.wallSec, 0)} recipients/s)`)
@@ -302,15 +306,8 @@ const largeScenario = async () => {
       await sleep(500)
       const source = largeMessage({ size, from: running.mailFrom, to: one, tag: `large-${system.id}-${stamp}` })
       const bytes = messageBytes(source)
-      const pids = running.pids()
-      const rssBefore = pids.reduce((n, pid) => n + statusBytes(pid, "VmRSS"), 0)
-      const cpu0 = cpuSecondsOf(pids)
-      const poller = pollRss(running.pids, 5)
-      const before = await upstreamStats()
-      const result = await load(running, { connections: 1, messagesPerConnection: 1, newConnectionPerMessage: false, recipients: one, message: () => source }, "large")
-      const cpu = cpuSecondsOf(running.pids()) - cpu0
-      const { peak } = poller.stop()
-      const after = await upstreamStats()
+      const shape: LoadShape = { connections: 1, messagesPerConnection: 1, newConnectionPerMessage: false, recipients: one, message: () => source }
+      const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, "large", 5)
       const growth = peak - rssBefore
       record("large-25mb", system, running, result, cpu, rssBefore, peak, after.requests - before.requests, {
         messageBytes: bytes,

@@ -1,12 +1,13 @@
 /**
  * The stand-ins the benchmark's systems talk to, in one child process of their own (so their CPU is not
  * counted as the gateway's): an HTTP upstream answering at once and one answering after 20 ms (both
- * keep-alive, `200 {"id"}`), an OTLP/HTTP collector that accepts and drops, and optionally the Cakemail
- * stand-in of test/support. `GET /stats` on either upstream port counts what arrived.
- * Usage: tsx bench/standins.ts <upstreamPort> <slowUpstreamPort> <collectorPort> [cakemailPort]
+ * keep-alive, `200 {"id"}`), an OTLP/HTTP collector that accepts and drops, and the Cakemail stand-in of
+ * test/support. `GET /stats` on either upstream port counts what arrived.
+ * Usage: tsx bench/standins.ts <upstreamPort> <slowUpstreamPort> <collectorPort> <cakemailPort>
  */
 import * as http from "node:http"
 import { Effect, Scope } from "effect"
+import { FakeCakemail } from "../test/support/FakeCakemail.ts"
 
 const [upstreamPort, slowPort, collectorPort, cakemailPort] = process.argv.slice(2).map(Number)
 
@@ -53,24 +54,21 @@ await listen(upstream(0), upstreamPort)
 await listen(upstream(20), slowPort)
 await listen(collector, collectorPort)
 
-if (cakemailPort !== undefined && Number.isFinite(cakemailPort)) {
-  const { FakeCakemail } = await import("../test/support/FakeCakemail.ts")
-  const scope = await Effect.runPromise(Scope.make())
-  const handle = await Effect.runPromise(
-    FakeCakemail.make({
-      host: "127.0.0.1",
-      port: cakemailPort,
-      onResponse: (request, status) => {
-        if (request.path === "/v2/emails") {
-          if (status === 201) stats.cakemailEmails++
-          else stats.cakemailFailures++
-        } else if (request.path === "/token") stats.cakemailTokens++
-      }
-    }).pipe(Scope.provide(scope))
-  )
-  // the stand-in records every request for tests; the benchmark only counts, so drop the records
-  setInterval(() => void Effect.runPromise(handle.clearRequests), 1000).unref()
-}
+const scope = await Effect.runPromise(Scope.make())
+const cakemail = await Effect.runPromise(
+  FakeCakemail.make({
+    host: "127.0.0.1",
+    port: cakemailPort ?? 0,
+    onResponse: (request, status) => {
+      if (request.path === "/v2/emails") {
+        if (status === 201) stats.cakemailEmails++
+        else stats.cakemailFailures++
+      } else if (request.path === "/token") stats.cakemailTokens++
+    }
+  }).pipe(Scope.provide(scope))
+)
+// the stand-in records every request for tests; the benchmark only counts, so drop the records
+setInterval(() => void Effect.runPromise(cakemail.clearRequests), 1000).unref()
 
-process.stdout.write(`stand-ins ready: upstream ${upstreamPort}, slow ${slowPort}, collector ${collectorPort}, cakemail ${cakemailPort ?? "-"}\n`)
+process.stdout.write(`stand-ins ready: upstream ${upstreamPort}, slow ${slowPort}, collector ${collectorPort}, cakemail ${cakemailPort}\n`)
 process.on("SIGTERM", () => process.exit(0))

@@ -18,6 +18,7 @@ import * as Policy from "kubernetes-models/policy/v1"
 import * as CertManager from "@kubernetes-models/cert-manager/cert-manager.io/v1"
 import * as Monitoring from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1"
 import { parseAllDocuments } from "yaml"
+import { Predicate } from "effect"
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 export const chartDir = join(root, "deployment/helm/smtp-gateway")
@@ -32,8 +33,6 @@ export interface Manifest {
   readonly metadata: { readonly name: string; readonly namespace?: string }
   readonly [key: string]: unknown
 }
-
-const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
 const onPath = (tool: string): boolean =>
   spawnSync("sh", ["-c", `command -v ${tool}`], { stdio: "ignore" }).status === 0
@@ -97,7 +96,7 @@ export const renderChart = (options: RenderOptions = {}): Rendered => {
   const result = spawnSync(buildRenderer(), args, { encoding: "utf8" })
   if (result.status !== 0) throw new Error(result.stderr.trim() || `helm-render exited ${result.status}`)
   const output: unknown = JSON.parse(result.stdout)
-  if (!isRecord(output) || !isRecord(output.manifests) || typeof output.notes !== "string") {
+  if (!Predicate.isObject(output) || !Predicate.isObject(output.manifests) || typeof output.notes !== "string") {
     throw new Error("helm-render printed an unexpected shape")
   }
   const manifests: Array<Manifest> = []
@@ -105,8 +104,8 @@ export const renderChart = (options: RenderOptions = {}): Rendered => {
     if (typeof text !== "string") continue
     for (const doc of parseYamlDocuments(text, source)) {
       if (doc === null) continue
-      if (!isRecord(doc) || typeof doc.apiVersion !== "string" || typeof doc.kind !== "string" ||
-        !isRecord(doc.metadata) || typeof doc.metadata.name !== "string") {
+      if (!Predicate.isObject(doc) || typeof doc.apiVersion !== "string" || typeof doc.kind !== "string" ||
+        !Predicate.isObject(doc.metadata) || typeof doc.metadata.name !== "string") {
         throw new Error(`${source}: a rendered document lacks apiVersion, kind or metadata.name`)
       }
       manifests.push({ ...doc, source } as Manifest)
@@ -200,7 +199,7 @@ const main = (): number => {
     try {
       const docs = parseYamlDocuments(readFileSync(file, "utf8"), file)
       const errors = file.includes("cert-manager/")
-        ? docs.filter(isRecord).map(schemaErrors).filter((e) => e !== "")
+        ? docs.filter(Predicate.isObject).map(schemaErrors).filter((e) => e !== "")
         : []
       report(errors.length === 0, `YAML ${relative(root, file)}`, errors.join("\n"))
     } catch (error) {

@@ -10,7 +10,7 @@ import { GatewayConfig } from "./Config.ts"
 import { GatewayNoConfig } from "./Gateway.ts"
 
 /** Beyond the drain: time to flush traces (up to 5 s) and close the HTTP server. */
-export const shutdownMargin = Duration.seconds(10)
+const shutdownMargin = Duration.seconds(10)
 
 /**
  * Built last, so released first when a signal arrives: arms an unref'd timer that ends the process
@@ -37,9 +37,8 @@ const startupTags = new Set(["ConfigInvalid", "ListenError", "TlsSetupError", "U
 
 const explain = (cause: Cause.Cause<unknown>): string => {
   const error = Cause.squash(cause)
-  if (Predicate.isTagged(error, "ConfigInvalid") || (Predicate.hasProperty(error, "_tag") &&
-    startupTags.has(String(error._tag)) && error instanceof Error)) {
-    return (error as Error).message
+  if (error instanceof Error && Predicate.hasProperty(error, "_tag") && startupTags.has(String(error._tag))) {
+    return error.message
   }
   return Cause.pretty(cause)
 }

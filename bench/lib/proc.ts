@@ -1,7 +1,7 @@
 /**
  * Process helpers for the benchmark: CPU seconds and RSS of a process from /proc (Linux only), an RSS
- * poller, free loopback ports, waiting for a port, and starting/stopping child processes. Nothing here
- * talks SMTP.
+ * poller, free loopback ports, polling until something is ready (a port), and starting/stopping child
+ * processes (a failed start stops its child). Nothing here talks SMTP.
  */
 import { type ChildProcess, spawn, type SpawnOptions } from "node:child_process"
 import { openSync, readFileSync } from "node:fs"
@@ -11,7 +11,7 @@ import * as net from "node:net"
 const clockTicks = 100
 
 /** User + system CPU seconds of a process (from /proc/<pid>/stat). */
-export const cpuSeconds = (pid: number): number => {
+const cpuSeconds = (pid: number): number => {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
   // the command name (field 2) may hold spaces: count fields after its closing parenthesis
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
@@ -94,23 +94,31 @@ export const freePort = (): Promise<number> =>
     })
   })
 
-/** Resolves once something accepts TCP connections on the port; rejects after `timeoutMs`. */
-export const waitForPort = async (port: number, timeoutMs = 20_000): Promise<void> => {
+/** Tries `attempt` every 50 ms until it gives true; rejects with "`what` after `timeoutMs` ms" once the time is up. */
+export const pollUntil = async (attempt: () => Promise<boolean>, what: string, timeoutMs: number): Promise<void> => {
   const deadline = Date.now() + timeoutMs
   for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const socket = net.connect({ host: "127.0.0.1", port })
-      socket.once("connect", () => {
-        socket.destroy()
-        resolve(true)
-      })
-      socket.once("error", () => resolve(false))
-    })
-    if (ok) return
-    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`)
+    if (await attempt()) return
+    if (Date.now() > deadline) throw new Error(`${what} after ${timeoutMs} ms`)
     await sleep(50)
   }
 }
+
+/** Resolves once something accepts TCP connections on the port; rejects after `timeoutMs`. */
+export const waitForPort = (port: number, timeoutMs = 20_000): Promise<void> =>
+  pollUntil(
+    () =>
+      new Promise<boolean>((resolve) => {
+        const socket = net.connect({ host: "127.0.0.1", port })
+        socket.once("connect", () => {
+          socket.destroy()
+          resolve(true)
+        })
+        socket.once("error", () => resolve(false))
+      }),
+    `nothing listens on 127.0.0.1:${port}`,
+    timeoutMs
+  )
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -139,4 +147,20 @@ export const startChild = (command: string, args: ReadonlyArray<string>, options
     return result
   }
   return { process: child, pid: child.pid, stop, exited }
+}
+
+/**
+ * Waits for `ready` while watching the child: if the child exits first or `ready` fails (e.g. times
+ * out), the child is stopped, so a failed start leaves no process behind, and the promise rejects.
+ */
+export const startedWhen = async (child: Child, ready: () => Promise<unknown>, what: string, logDir: string): Promise<void> => {
+  try {
+    await Promise.race([
+      ready(),
+      child.exited.then((code) => Promise.reject(new Error(`${what} exited (${code}) at startup; see ${logDir}`)))
+    ])
+  } catch (error) {
+    await child.stop()
+    throw error
+  }
 }

@@ -6,7 +6,7 @@
 import { execFileSync } from "node:child_process"
 import { existsSync, mkdirSync } from "node:fs"
 import * as path from "node:path"
-import { type Child, freePort, sleep, startChild, waitForPort } from "../lib/proc.ts"
+import { type Child, freePort, pollUntil, startChild, startedWhen, waitForPort } from "../lib/proc.ts"
 import type { Environment, Running, StartOptions, System } from "./types.ts"
 
 const tsx = ["--import", "tsx"]
@@ -19,9 +19,12 @@ const cakemailUser = { user: "alice@example.test", pass: "alice-secret" }
 export const upstreamUrl = (env: Environment, options: StartOptions): string =>
   options.upstream === "slow" ? env.slowUpstreamUrl : env.upstreamUrl
 
-/** Waits for a one-process system's port; it wants STARTTLS and AUTH as the bench user in TLS mode only. */
-export const listening = async (child: Child, port: number, options: StartOptions): Promise<Running> => {
-  await waitForPort(port)
+/**
+ * Waits for a one-process system's port (stopping the child if it does not come up); the system wants
+ * STARTTLS and AUTH as the bench user in TLS mode only.
+ */
+const listening = async (child: Child, port: number, options: StartOptions, what: string, logDir: string): Promise<Running> => {
+  await startedWhen(child, () => waitForPort(port), what, logDir)
   return {
     port,
     pids: () => [child.pid],
@@ -46,18 +49,35 @@ const usersFile = (env: Environment): string => {
   return file
 }
 
-const readyOver = async (url: string, timeoutMs = 20_000): Promise<void> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    try {
-      const response = await fetch(url)
-      if (response.status === 200) return
-    } catch {
-      // not up yet
+/** Resolves once `url` answers 200; rejects after `timeoutMs`. */
+const readyOver = (url: string, timeoutMs = 20_000): Promise<void> =>
+  pollUntil(() => fetch(url).then((response) => response.status === 200, () => false), `${url} not ready`, timeoutMs)
+
+/**
+ * Starts a one-process SMTP sink that reads its settings from `<prefix>_PORT`, `_MODE`, `_USER` and `_PASS`
+ * (bench/systems/sink.ts: SINK_, bench/peers/aiosmtpd_httpx.py: PEER_) and posts to UPSTREAM_URL.
+ */
+export const startSink = async (
+  env: Environment,
+  options: StartOptions,
+  sink: { readonly name: string; readonly command: string; readonly args: ReadonlyArray<string>; readonly cwd: string; readonly prefix: string }
+): Promise<Running> => {
+  const port = await freePort()
+  const child = startChild(sink.command, sink.args, {
+    cwd: sink.cwd,
+    logFile: path.join(env.logDir, `${sink.name}-${++instances}.log`),
+    env: {
+      ...process.env,
+      [`${sink.prefix}_PORT`]: String(port),
+      [`${sink.prefix}_MODE`]: options.mode,
+      UPSTREAM_URL: upstreamUrl(env, options),
+      TLS_CERT_PATH: env.certPath,
+      TLS_KEY_PATH: env.keyPath,
+      [`${sink.prefix}_USER`]: benchUser.user,
+      [`${sink.prefix}_PASS`]: benchUser.pass
     }
-    if (Date.now() > deadline) throw new Error(`${url} not ready after ${timeoutMs} ms`)
-    await sleep(50)
-  }
+  })
+  return listening(child, port, options, sink.name, env.logDir)
 }
 
 export const gateway: System = {
@@ -70,7 +90,6 @@ export const gateway: System = {
     const dataDir = path.join(env.work, "gateway-data")
     mkdirSync(dataDir, { recursive: true })
     const cakemail = options.upstream === "cakemail"
-    if (cakemail && env.cakemailUrl === undefined) throw new Error("the Cakemail stand-in is not running")
     const child = startChild(process.execPath, [...(options.nodeFlags ?? []), path.join(env.repo, "bin/smtp-gateway.js"), "serve"], {
       cwd: env.work,
       logFile: path.join(env.logDir, `gateway-${++instances}.log`),
@@ -88,7 +107,7 @@ export const gateway: System = {
         AUTH_USERS_FILE: usersFile(env),
         UPSTREAM: cakemail ? "cakemail" : "http",
         UPSTREAM_URL: upstreamUrl(env, options),
-        ...(cakemail && env.cakemailUrl !== undefined ? { CAKEMAIL_API_URL: env.cakemailUrl } : {}),
+        ...(cakemail ? { CAKEMAIL_API_URL: env.cakemailUrl } : {}),
         LOG_LEVEL: "info",
         LOG_FORMAT: "json",
         OTEL_EXPORTER_OTLP_ENDPOINT: env.collectorUrl,
@@ -99,16 +118,10 @@ export const gateway: System = {
         RATE_LIMIT_PER_USER: "1000000000"
       }
     })
-    try {
-      await Promise.race([
-        readyOver(`http://127.0.0.1:${httpPort}/health/ready`),
-        child.exited.then((code) => Promise.reject(new Error(`the gateway exited (${code}) at startup; see ${env.logDir}`)))
-      ])
+    await startedWhen(child, async () => {
+      await readyOver(`http://127.0.0.1:${httpPort}/health/ready`)
       await waitForPort(port)
-    } catch (error) {
-      await child.stop()
-      throw error
-    }
+    }, "the gateway", env.logDir)
     return {
       port,
       pids: () => [child.pid],
@@ -126,24 +139,14 @@ export const sink: System = {
   label: "bare smtp-server+mailparser+POST",
   postsToUpstream: true,
   unavailable: async () => undefined,
-  start: async (env, options) => {
-    const port = await freePort()
-    const child = startChild(process.execPath, [...tsx, ...(options.nodeFlags ?? []), path.join(env.repo, "bench/systems/sink.ts")], {
+  start: (env, options) =>
+    startSink(env, options, {
+      name: "sink",
+      command: process.execPath,
+      args: [...tsx, ...(options.nodeFlags ?? []), path.join(env.repo, "bench/systems/sink.ts")],
       cwd: env.repo,
-      logFile: path.join(env.logDir, `sink-${++instances}.log`),
-      env: {
-        ...process.env,
-        SINK_PORT: String(port),
-        SINK_MODE: options.mode,
-        UPSTREAM_URL: upstreamUrl(env, options),
-        TLS_CERT_PATH: env.certPath,
-        TLS_KEY_PATH: env.keyPath,
-        SINK_USER: benchUser.user,
-        SINK_PASS: benchUser.pass
-      }
+      prefix: "SINK"
     })
-    return listening(child, port, options)
-  }
 }
 
 export const responder: System = {
@@ -158,6 +161,6 @@ export const responder: System = {
       logFile: path.join(env.logDir, `responder-${++instances}.log`),
       env: { ...process.env, RESPONDER_PORT: String(port), TLS_CERT_PATH: env.certPath, TLS_KEY_PATH: env.keyPath }
     })
-    return listening(child, port, options)
+    return listening(child, port, options, "the responder", env.logDir)
   }
 }

@@ -7,8 +7,8 @@
 import { execFileSync } from "node:child_process"
 import { copyFileSync, cpSync, existsSync, mkdirSync, writeFileSync } from "node:fs"
 import * as path from "node:path"
-import { freePort, processTree, startChild, waitForPort } from "../lib/proc.ts"
-import { benchUser, listening, upstreamUrl } from "./node.ts"
+import { freePort, processTree, startChild, startedWhen, waitForPort } from "../lib/proc.ts"
+import { benchUser, startSink, upstreamUrl } from "./node.ts"
 import type { Running, System } from "./types.ts"
 
 let instances = 0
@@ -31,24 +31,14 @@ export const aiosmtpd: System = {
   postsToUpstream: true,
   unavailable: async () =>
     works(python, ["-c", "import aiosmtpd, httpx"]) ? undefined : "python3-aiosmtpd / python3-httpx not installed (apt-get install python3-aiosmtpd python3-httpx)",
-  start: async (env, options): Promise<Running> => {
-    const port = await freePort()
-    const child = startChild(python, [path.join(env.repo, "bench/peers/aiosmtpd_httpx.py")], {
+  start: (env, options) =>
+    startSink(env, options, {
+      name: "aiosmtpd",
+      command: python,
+      args: [path.join(env.repo, "bench/peers/aiosmtpd_httpx.py")],
       cwd: env.work,
-      logFile: path.join(env.logDir, `aiosmtpd-${++instances}.log`),
-      env: {
-        ...process.env,
-        PEER_PORT: String(port),
-        PEER_MODE: options.mode,
-        UPSTREAM_URL: upstreamUrl(env, options),
-        TLS_CERT_PATH: env.certPath,
-        TLS_KEY_PATH: env.keyPath,
-        PEER_USER: benchUser.user,
-        PEER_PASS: benchUser.pass
-      }
+      prefix: "PEER"
     })
-    return listening(child, port, options)
-  }
 }
 
 export const haraka: System = {
@@ -85,7 +75,7 @@ export const haraka: System = {
       logFile: path.join(env.logDir, `haraka-${instances}.log`),
       env: { ...process.env, NODE_PATH: path.join(harakaDir, "node_modules") }
     })
-    await Promise.race([waitForPort(port), child.exited.then((code) => Promise.reject(new Error(`Haraka exited (${code}); see ${env.logDir}`)))])
+    await startedWhen(child, () => waitForPort(port), "Haraka", env.logDir)
     return {
       port,
       pids: () => processTree(child.pid),

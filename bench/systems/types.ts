@@ -13,7 +13,7 @@ export interface Environment {
   readonly upstreamUrl: string
   readonly slowUpstreamUrl: string
   readonly collectorUrl: string
-  readonly cakemailUrl: string | undefined
+  readonly cakemailUrl: string
   readonly logDir: string
 }
 

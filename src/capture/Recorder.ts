@@ -10,7 +10,7 @@ import { Clock, Context, Effect, FiberSet, Layer, Option, Random } from "effect"
 import { GatewayConfig, type GatewayConfigShape } from "../Config.ts"
 import { makeCidrMatcher } from "../policy/Cidr.ts"
 import { version } from "../version.ts"
-import { type Entry, print, redacted, redactedInvalid } from "./Transcript.ts"
+import { type Entry, escapeRegExp, print, redacted, redactedInvalid } from "./Transcript.ts"
 
 /** What the adapter reports of one recorded connection, as it happens (synchronous, cheap). */
 export interface ConnectionTap {
@@ -32,8 +32,6 @@ export interface SessionEnd {
 
 /** Bytes of a line the recorder keeps while waiting for its end; more is dropped. */
 const maxPartialLine = 1024 * 1024
-
-const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
 
 /**
  * Session-specific values in replies become `*`, so a capture replays against any gateway: the
@@ -355,7 +353,8 @@ export class Recorder extends Context.Service<Recorder, {
             tls: (detail) => recording.tls(detail)
           }
         },
-        close: (id, end) => FiberSet.run(writes, write(id, end)).pipe(Effect.asVoid)
+        close: (id, end) =>
+          Effect.suspend(() => open.has(id) ? FiberSet.run(writes, write(id, end)).pipe(Effect.asVoid) : Effect.void)
       })
     })
 

@@ -5,7 +5,7 @@
  */
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Effect, Redacted, Result, Schema } from "effect"
+import { Effect, Redacted, Schema } from "effect"
 import { CanonicalMessage } from "../domain/Message.ts"
 import { connect, type SmtpClientError, type SmtpClientOptions, type SmtpReply } from "./SmtpClient.ts"
 import {
@@ -97,7 +97,7 @@ const isRedaction = (text: string) => text === redacted || text === redactedInva
 const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64")
 
 /** A message of `size` bytes standing in for a body kept only as its digest (From: the envelope sender). */
-export const standInBody = (size: number, sha256: string, from: string, to: string): ReadonlyArray<string> => {
+const standInBody = (size: number, sha256: string, from: string, to: string): ReadonlyArray<string> => {
   const header = [
     `From: <${from}>`,
     `To: <${to}>`,
@@ -115,7 +115,7 @@ export const standInBody = (size: number, sha256: string, from: string, to: stri
   return lines
 }
 
-/** Turns the `C:` line into what goes on the wire, given the AUTH exchange so far. */
+/** What the replay tracks of its own side: inside DATA or not, the AUTH exchange, the envelope (for stand-in bodies). */
 interface ClientState {
   inBody: boolean
   mechanism: string
@@ -133,18 +133,15 @@ const payloadFor = (state: ClientState, token: string, credentials: ReplayCreden
   return step === 0 ? b64(username) : b64(password)
 }
 
-/** Reads a transcript file, or parses text (hand-written scripts). */
+/** Reads and parses a transcript file. */
 export const load = (file: string): Effect.Effect<Transcript, TranscriptError> =>
   Effect.tryPromise({
     try: () => fs.readFile(file, "utf8"),
     catch: (error) => new TranscriptError({ line: 0, message: `cannot read ${file}: ${String(error)}` })
   }).pipe(Effect.flatMap((text) => fromText(text)))
 
-export const fromText = (text: string): Effect.Effect<Transcript, TranscriptError> =>
-  Effect.suspend(() => {
-    const parsed = parse(text)
-    return Result.isSuccess(parsed) ? Effect.succeed(parsed.success) : Effect.fail(parsed.failure)
-  })
+const fromText = (text: string): Effect.Effect<Transcript, TranscriptError> =>
+  Effect.suspend(() => Effect.fromResult(parse(text)))
 
 /** Replays `transcript` (parsed, or text) against `target`. */
 export const replay = <A = never>(
@@ -159,7 +156,7 @@ export const replay = <A = never>(
     const happened: Array<ReplayLine> = []
     const context: Array<ReplayLine> = []
     const replies: Array<SmtpReply> = []
-    const client_: ClientState = { inBody: false, mechanism: "", payloads: 0, mailFrom: "", rcptTo: "" }
+    const state: ClientState = { inBody: false, mechanism: "", payloads: 0, mailFrom: "", rcptTo: "" }
     let onTls = implicitTls
     let pending: Array<string> = [] // lines of the current reply not yet matched
     let spelled = false // the transcript spelled out a continuation line of the current reply
@@ -180,13 +177,12 @@ export const replay = <A = never>(
       }
     })
 
-    /** What a `C:` line puts on the wire. */
-    const wire = (at: Located, text: string): Effect.Effect<ReadonlyArray<string>, CredentialsNeeded> =>
+    /** The line a `C:` line puts on the wire, given the AUTH exchange so far. */
+    const wire = (at: Located, text: string): Effect.Effect<string, CredentialsNeeded> =>
       Effect.gen(function*() {
-        const state = client_
         if (state.inBody) {
           if (text === ".") state.inBody = false
-          return [text]
+          return text
         }
         const auth = /^AUTH\s+(\S+)(?:\s+(\S+))?\s*$/i.exec(text)
         if (auth !== null) {
@@ -195,25 +191,25 @@ export const replay = <A = never>(
           const initial = auth[2]
           if (initial === undefined || !isRedaction(initial)) {
             if (initial !== undefined) state.payloads = 1
-            return [text]
+            return text
           }
           if (target.credentials === undefined) return yield* new CredentialsNeeded({ line: at.line })
-          return [`AUTH ${auth[1]} ${payloadFor(state, initial, target.credentials)}`]
+          return `AUTH ${auth[1]} ${payloadFor(state, initial, target.credentials)}`
         }
         if (isRedaction(text)) {
           if (target.credentials === undefined) return yield* new CredentialsNeeded({ line: at.line })
-          return [payloadFor(state, text, target.credentials)]
+          return payloadFor(state, text, target.credentials)
         }
         const mail = /^MAIL FROM:\s*<([^>]*)>/i.exec(text)
         if (mail !== null) state.mailFrom = mail[1]!
         const rcpt = /^RCPT TO:\s*<([^>]*)>/i.exec(text)
         if (rcpt !== null && state.rcptTo === "") state.rcptTo = rcpt[1]!
         if (/^DATA$/i.test(text)) state.inBody = true
-        return [text]
+        return text
       })
 
     const bodyLines = (entry: Extract<Entry, { _tag: "BodyDigest" }>) =>
-      standInBody(entry.size, entry.sha256, client_.mailFrom, client_.rcptTo || client_.mailFrom)
+      standInBody(entry.size, entry.sha256, state.mailFrom, state.rcptTo || state.mailFrom)
         .map((l) => (l.startsWith(".") ? "." + l : l))
 
     let i = 0
@@ -226,7 +222,7 @@ export const replay = <A = never>(
           const out: Array<string> = []
           while (i < entries.length) {
             const next = entries[i]!
-            if (next.entry._tag === "Client") out.push(...(yield* wire(next, next.entry.text)))
+            if (next.entry._tag === "Client") out.push(yield* wire(next, next.entry.text))
             else if (next.entry._tag === "BodyDigest") out.push(...bodyLines(next.entry))
             else break
             const shown: ReplayLine = { direction: "C", text: next.entry._tag === "Client" ? next.entry.text : printEntry(next.entry) }

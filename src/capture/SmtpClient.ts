@@ -5,7 +5,8 @@
  */
 import * as net from "node:net"
 import * as tls from "node:tls"
-import { Duration, Effect, Schema, type Scope } from "effect"
+import { Duration, Effect, Result, Schema, type Scope } from "effect"
+import { makeWaiters } from "./Waiters.ts"
 
 export class SmtpClientError extends Schema.TaggedError<SmtpClientError>()("SmtpClientError", {
   message: Schema.String
@@ -62,13 +63,8 @@ export const connect = (options: SmtpClientOptions): Effect.Effect<SmtpClient, S
     let buffer = ""
     const lines: Array<string> = []
     let closed = false
-    let wake: (() => void) | undefined
+    const waiters = makeWaiters()
 
-    const notify = () => {
-      const w = wake
-      wake = undefined
-      w?.()
-    }
     const onData = (chunk: Buffer) => {
       buffer += chunk.toString("utf8")
       let at: number
@@ -76,11 +72,11 @@ export const connect = (options: SmtpClientOptions): Effect.Effect<SmtpClient, S
         lines.push(buffer.slice(0, at))
         buffer = buffer.slice(at + 2)
       }
-      notify()
+      waiters.wake()
     }
     const onClose = () => {
       closed = true
-      notify()
+      waiters.wake()
     }
     const attach = (s: net.Socket | tls.TLSSocket) => {
       socket = s
@@ -109,21 +105,10 @@ export const connect = (options: SmtpClientOptions): Effect.Effect<SmtpClient, S
 
     /** Waits until `ready()` holds (checked after every chunk, close or error) or the timeout. */
     const waitFor = (ready: () => boolean, what: string) =>
-      Effect.callback<void, SmtpClientError>((resume) => {
-        const check = () => {
-          if (ready()) return resume(Effect.void)
-          wake = check
-        }
-        check()
-        return Effect.sync(() => {
-          wake = undefined
-        })
-      }).pipe(
-        Effect.timeoutOrElse({
-          duration: timeout,
-          orElse: () =>
-            Effect.fail(new SmtpClientError({ message: `timed out after ${Duration.format(timeout)} waiting for ${what}` }))
-        })
+      waiters.until(
+        () => (ready() ? Result.void : undefined),
+        timeout,
+        () => new SmtpClientError({ message: `timed out after ${Duration.format(timeout)} waiting for ${what}` })
       )
 
     const readReply = Effect.gen(function*() {

@@ -123,8 +123,11 @@ export const headerValue = (transcript: Transcript, key: string): string | undef
   return found === undefined ? undefined : found.slice(prefix.length).trim()
 }
 
+/** `s` as a regular expression that matches it literally. */
+export const escapeRegExp = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
 /** `*` matches any run of characters; everything else literally. */
 export const matches = (pattern: string, line: string): boolean => {
-  const source = pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")
+  const source = pattern.split("*").map(escapeRegExp).join(".*")
   return new RegExp(`^${source}$`, "s").test(line)
 }

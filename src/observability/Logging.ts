@@ -29,7 +29,7 @@ const isFlat = (line: Record<string, unknown>): boolean => {
 }
 
 /** One log entry as one line of JSON. */
-export const formatJsonLine: Logger.Logger<unknown, string> = Logger.make(({ cause, date, fiber, logLevel, message }) => {
+const formatJsonLine: Logger.Logger<unknown, string> = Logger.make(({ cause, date, fiber, logLevel, message }) => {
   const line: Record<string, unknown> = {
     time: date.toISOString(),
     level: logLevel.toLowerCase(),
@@ -57,7 +57,7 @@ const stdoutLines: Array<string> = []
 let flushScheduled = false
 
 /** Writes the lines waiting for stdout now (idempotent). */
-export const flushStdout = (): void => {
+const flushStdout = (): void => {
   flushScheduled = false
   if (stdoutLines.length === 0) return
   const text = stdoutLines.join("\n") + "\n"
@@ -78,7 +78,7 @@ process.once("exit", flushStdout)
  * Writes `formatJsonLine` through the fiber's Console: on the default Console (stdout) through the
  * buffer above, one write per turn of the event loop; any other Console (a test's) line by line.
  */
-export const jsonLogger: Logger.Logger<unknown, void> = Logger.make((options) => {
+const jsonLogger: Logger.Logger<unknown, void> = Logger.make((options) => {
   const console = options.fiber.getRef(Console.Console)
   const line = formatJsonLine.log(options)
   if (console === globalThis.console) writeStdoutLine(line)

@@ -4,7 +4,6 @@
  * run as a child process. Test support only; the raw line client is SmtpClient.ts.
  */
 import { execFile } from "node:child_process"
-import * as net from "node:net"
 import { Effect, Predicate, Schema } from "effect"
 import nodemailer from "nodemailer"
 
@@ -128,12 +127,4 @@ export const clientsAs = (login: Login, mechanism: SmtplibSession["mechanism"] =
     smtplib({ user: login.username, password: login.password, mechanism, ...session })
 })
 
-/** A port nothing listens on (bound, then released). */
-export const closedPort = Effect.promise(() =>
-  new Promise<number>((resolve) => {
-    const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo
-      server.close(() => resolve(port))
-    })
-  })
-)
+export { closedPort } from "./Local.ts"

@@ -7,7 +7,7 @@
 import { randomUUID } from "node:crypto"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Effect, Layer, Predicate, type Scope } from "effect"
 
 export interface FakeSender {
   readonly id: string
@@ -36,6 +36,14 @@ export interface RecordedRequest {
 }
 
 export type Endpoint = "token" | "senders" | "emails"
+
+/** Where each endpoint answers. */
+const endpoints: Readonly<Record<Endpoint, { readonly method: string; readonly path: string }>> = {
+  token: { method: "POST", path: "/token" },
+  senders: { method: "GET", path: "/brands/default/senders" },
+  emails: { method: "POST", path: "/v2/emails" }
+}
+const endpointNames = Object.keys(endpoints) as ReadonlyArray<Endpoint>
 
 /** A token pair the fake handed out, and the grant that asked for it. */
 export interface IssuedToken {
@@ -140,14 +148,12 @@ interface Issue {
   readonly type: string
 }
 
-const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
-
 /** The checks of `POST /v2/emails`, FastAPI style (`loc` from `body`). */
 const validateEmail = (body: unknown, confirmedSenderIds: ReadonlySet<string>): Array<Issue> => {
   const issues: Array<Issue> = []
   const issue = (loc: ReadonlyArray<string | number>, msg: string, type = "value_error") =>
     issues.push({ loc: ["body", ...loc], msg, type })
-  if (!isRecord(body)) {
+  if (!Predicate.isObject(body)) {
     issue([], "body must be a JSON object", "type_error")
     return issues
   }
@@ -155,12 +161,12 @@ const validateEmail = (body: unknown, confirmedSenderIds: ReadonlySet<string>): 
   else if (!emailPattern.test(body.email)) issue(["email"], "value is not a valid email address")
 
   const sender = body.sender
-  if (!isRecord(sender) || typeof sender.id !== "string") issue(["sender", "id"], "field required", "missing")
+  if (!Predicate.isObject(sender) || typeof sender.id !== "string") issue(["sender", "id"], "field required", "missing")
   else if (!confirmedSenderIds.has(sender.id)) issue(["sender", "id"], "sender is not a confirmed sender of the account")
-  if (isRecord(sender) && sender.name !== undefined && typeof sender.name !== "string") issue(["sender", "name"], "str type expected")
+  if (Predicate.isObject(sender) && sender.name !== undefined && typeof sender.name !== "string") issue(["sender", "name"], "str type expected")
 
   const content = body.content
-  if (!isRecord(content)) issue(["content"], "field required", "missing")
+  if (!Predicate.isObject(content)) issue(["content"], "field required", "missing")
   else {
     if (typeof content.subject !== "string" || content.subject.trim() === "") issue(["content", "subject"], "field required", "missing")
     const html = typeof content.html === "string" && content.html !== "" ? content.html : undefined
@@ -177,7 +183,7 @@ const validateEmail = (body: unknown, confirmedSenderIds: ReadonlySet<string>): 
     issue(["tags"], "value is not a valid list of strings")
   }
   if (body.tracking !== undefined) {
-    if (!isRecord(body.tracking)) issue(["tracking"], "value is not a valid dict")
+    if (!Predicate.isObject(body.tracking)) issue(["tracking"], "value is not a valid dict")
     else {
       for (const [key, value] of Object.entries(body.tracking)) {
         if (!["opens", "clicks_html", "clicks_text"].includes(key)) issue(["tracking", key], "extra fields not permitted")
@@ -189,7 +195,7 @@ const validateEmail = (body: unknown, confirmedSenderIds: ReadonlySet<string>): 
     if (!Array.isArray(body.additional_headers)) issue(["additional_headers"], "value is not a valid list")
     else {
       body.additional_headers.forEach((h: unknown, i: number) => {
-        if (!isRecord(h) || typeof h.name !== "string" || typeof h.value !== "string") {
+        if (!Predicate.isObject(h) || typeof h.name !== "string" || typeof h.value !== "string") {
           issue(["additional_headers", i], "name and value are required strings")
         }
       })
@@ -199,7 +205,7 @@ const validateEmail = (body: unknown, confirmedSenderIds: ReadonlySet<string>): 
     if (!Array.isArray(body.attachment)) issue(["attachment"], "value is not a valid list")
     else {
       body.attachment.forEach((a: unknown, i: number) => {
-        if (!isRecord(a)) return issue(["attachment", i], "value is not a valid dict")
+        if (!Predicate.isObject(a)) return issue(["attachment", i], "value is not a valid dict")
         if (typeof a.filename !== "string" || !attachmentNamePattern.test(a.filename)) {
           issue(["attachment", i, "filename"], `string does not match regex "${attachmentNamePattern.source}"`)
         }
@@ -289,7 +295,7 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
     if (!contentType.startsWith("application/x-www-form-urlencoded")) {
       return [422, { detail: [{ loc: ["body"], msg: "form data expected", type: "value_error" }] }]
     }
-    const form = isRecord(record.body) ? record.body : {}
+    const form = Predicate.isObject(record.body) ? record.body : {}
     const expiration = form.expiration_seconds
     let expiresIn = lifetime
     if (expiration !== undefined) {
@@ -335,7 +341,7 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
     const confirmed = new Set(account.senders.filter((s) => s.confirmed).map((s) => s.id))
     const issues = validateEmail(record.body, confirmed)
     if (issues.length > 0) return [422, { detail: issues }]
-    const email = isRecord(record.body) ? String(record.body.email) : ""
+    const email = Predicate.isObject(record.body) ? String(record.body.email) : ""
     return [201, { email, object: "email", submitted: true, data: { id: randomUUID(), status: rejectAs ?? "queued" } }]
   }
 
@@ -362,13 +368,9 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
         options.onResponse?.(record, status)
       }
 
-      const endpoint: Endpoint | undefined = record.method === "POST" && url.pathname === "/token"
-        ? "token"
-        : record.method === "GET" && url.pathname === "/brands/default/senders"
-        ? "senders"
-        : record.method === "POST" && url.pathname === "/v2/emails"
-        ? "emails"
-        : undefined
+      const endpoint = endpointNames.find((name) =>
+        endpoints[name].method === record.method && endpoints[name].path === url.pathname
+      )
       if (endpoint === undefined) return reply(404, { detail: "Not Found" })
 
       let fault = takeFault(endpoint)
@@ -407,16 +409,7 @@ const start = async (options: FakeCakemailOptions): Promise<FakeCakemailHandle> 
     url: `http://${host}:${address.port}`,
     accounts,
     requests: Effect.sync(() => [...recorded]),
-    requestsTo: (endpoint) =>
-      Effect.sync(() =>
-        recorded.filter((r) =>
-          endpoint === "token"
-            ? r.path === "/token"
-            : endpoint === "senders"
-            ? r.path === "/brands/default/senders"
-            : r.path === "/v2/emails"
-        )
-      ),
+    requestsTo: (endpoint) => Effect.sync(() => recorded.filter((r) => r.path === endpoints[endpoint].path)),
     issued: Effect.sync(() => [...issued]),
     clearRequests: Effect.sync(() => {
       recorded.length = 0

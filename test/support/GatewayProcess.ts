@@ -6,7 +6,8 @@
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as path from "node:path"
-import { Duration, Effect, type Scope } from "effect"
+import { type Duration, Effect, Predicate, Result, type Scope } from "effect"
+import { makeWaiters } from "../../src/capture/Waiters.ts"
 import { loopbackEnv, type TestEnv } from "./TestConfig.ts"
 import { dataDirWithAlice } from "./TestGateway.ts"
 
@@ -32,9 +33,7 @@ export interface GatewayProcess {
 export const parseLogLine = (line: string): Record<string, unknown> | undefined => {
   try {
     const value: unknown = JSON.parse(line)
-    return typeof value === "object" && value !== null && !Array.isArray(value)
-      ? value as Record<string, unknown>
-      : undefined
+    return Predicate.isObject(value) ? value : undefined
   } catch {
     return undefined
   }
@@ -54,10 +53,7 @@ export const spawnGateway = (
     let stderr = ""
     let partial = ""
     let exit: number | undefined
-    const waiters = new Set<() => void>()
-    const wake = () => {
-      for (const waiter of waiters) waiter()
-    }
+    const waiters = makeWaiters()
 
     const child: ChildProcess = yield* Effect.acquireRelease(
       Effect.sync(() =>
@@ -80,7 +76,7 @@ export const spawnGateway = (
       const parts = text.split("\n")
       partial = parts.pop() ?? ""
       lines.push(...parts)
-      wake()
+      waiters.wake()
     })
     child.stderr?.on("data", (chunk: Buffer) => {
       stderr += chunk.toString("utf8")
@@ -89,31 +85,19 @@ export const spawnGateway = (
       if (partial !== "") lines.push(partial)
       partial = ""
       exit = code ?? (signal === null ? -1 : 128)
-      wake()
+      waiters.wake()
     })
 
     const waitUntil = <A>(ready: () => A | undefined, what: string, timeout: Duration.Input) =>
-      Effect.callback<A, Error>((resume) => {
-        const check = () => {
+      waiters.until(
+        (): Result.Result<A, Error> | undefined => {
           const value = ready()
-          if (value !== undefined) {
-            waiters.delete(check)
-            return resume(Effect.succeed(value))
-          }
-          if (exit !== undefined) {
-            waiters.delete(check)
-            resume(Effect.fail(new Error(`the gateway exited (${exit}) before ${what}; stderr: ${stderr}`)))
-          }
-        }
-        waiters.add(check)
-        check()
-        return Effect.sync(() => void waiters.delete(check))
-      }).pipe(
-        Effect.timeoutOrElse({
-          duration: timeout,
-          orElse: () =>
-            Effect.fail(new Error(`timed out waiting for ${what}; stdout:\n${lines.join("\n")}\nstderr: ${stderr}`))
-        })
+          if (value !== undefined) return Result.succeed(value)
+          if (exit !== undefined) return Result.fail(new Error(`the gateway exited (${exit}) before ${what}; stderr: ${stderr}`))
+          return undefined
+        },
+        timeout,
+        () => new Error(`timed out waiting for ${what}; stdout:\n${lines.join("\n")}\nstderr: ${stderr}`)
       )
 
     const awaitLine = (ready: (line: string) => boolean, timeout: Duration.Input = "10 seconds") =>

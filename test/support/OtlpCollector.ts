@@ -4,7 +4,8 @@
  * Test support only: no protobuf, no metrics or logs signals, no sampling.
  */
 import * as http from "node:http"
-import { Context, Duration, Effect, Layer, Schema, type Scope } from "effect"
+import { Context, type Duration, Effect, Layer, Result, Schema, type Scope } from "effect"
+import { makeWaiters } from "../../src/capture/Waiters.ts"
 import { listenOnLoopback } from "./RecordingHttpServer.ts"
 
 /** A span as the tests read it: ids in hex, attributes as plain values. */
@@ -94,7 +95,7 @@ export class OtlpCollector extends Context.Service<OtlpCollector, {
   static readonly make: Effect.Effect<OtlpCollector["Service"], never, Scope.Scope> = Effect.gen(function*() {
     const received: Array<CollectedSpan> = []
     const bodies: Array<string> = []
-    const waiters = new Set<() => void>()
+    const waiters = makeWaiters()
 
     const server = http.createServer((req, res) => {
       const chunks: Array<Buffer> = []
@@ -109,30 +110,18 @@ export class OtlpCollector extends Context.Service<OtlpCollector, {
           return void res.writeHead(400, { "content-type": "text/plain" }).end(String(error))
         }
         res.writeHead(200, { "content-type": "application/json" }).end("{}")
-        for (const wake of waiters) wake()
+        waiters.wake()
       })
     })
 
     const port = yield* listenOnLoopback(server)
 
     const awaitSpans = (ready: (spans: ReadonlyArray<CollectedSpan>) => boolean, timeout: Duration.Input = "10 seconds") =>
-      Effect.callback<ReadonlyArray<CollectedSpan>>((resume) => {
-        const check = () => {
-          if (!ready(received)) return
-          waiters.delete(check)
-          resume(Effect.succeed([...received]))
-        }
-        waiters.add(check)
-        check()
-        return Effect.sync(() => void waiters.delete(check))
-      }).pipe(
-        Effect.timeoutOrElse({
-          duration: timeout,
-          orElse: () =>
-            Effect.fail(
-              new Error(`the collector did not receive the expected spans; got: ${received.map((s) => s.name).join(", ")}`)
-            )
-        })
+      waiters.until(
+        (): Result.Result<ReadonlyArray<CollectedSpan>, Error> | undefined =>
+          ready(received) ? Result.succeed([...received]) : undefined,
+        timeout,
+        () => new Error(`the collector did not receive the expected spans; got: ${received.map((s) => s.name).join(", ")}`)
       )
 
     return OtlpCollector.of({

@@ -4,26 +4,14 @@
  * Test support only; fails with a clear message when redis-server is not installed.
  */
 import * as childProcess from "node:child_process"
-import * as fs from "node:fs"
-import * as net from "node:net"
-import * as os from "node:os"
-import * as path from "node:path"
 import { Effect, type Scope } from "effect"
+import { closedPort, tempDir } from "./Local.ts"
 
 export interface RedisServer {
   readonly port: number
   /** `redis://127.0.0.1:<port>` */
   readonly url: string
 }
-
-/** A port that was free a moment ago (the kernel's pick for port 0). */
-export const freePort: Effect.Effect<number> = Effect.callback<number>((resume) => {
-  const server = net.createServer()
-  server.listen(0, "127.0.0.1", () => {
-    const { port } = server.address() as net.AddressInfo
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
 
 const start = (port: number, dir: string) =>
   Effect.callback<childProcess.ChildProcess, Error>((resume) => {
@@ -57,11 +45,8 @@ const stop = (child: childProcess.ChildProcess) =>
 
 /** Starts a redis-server for the current scope. */
 export const startRedis: Effect.Effect<RedisServer, Error, Scope.Scope> = Effect.gen(function*() {
-  const dir = yield* Effect.acquireRelease(
-    Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "redis-test-"))),
-    (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
-  )
-  const port = yield* freePort
+  const dir = yield* tempDir("redis-test-")
+  const port = yield* closedPort
   yield* Effect.acquireRelease(start(port, dir), stop)
   return { port, url: `redis://127.0.0.1:${port}` }
 })

@@ -3,14 +3,13 @@
  * known user. Configured through the same environment variables as production; tests add their own.
  * Test support only.
  */
-import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Context, Effect, Layer, Option, Redacted, type Scope } from "effect"
 import { AdminHttp } from "../../src/admin/AdminHttp.ts"
 import { addUser } from "../../src/auth/UsersFile.ts"
 import { GatewayNoConfig } from "../../src/Gateway.ts"
 import { SmtpListener } from "../../src/smtp/Listener.ts"
+import { tempDir } from "./Local.ts"
 import { configLayer, loopbackEnv, type TestEnv } from "./TestConfig.ts"
 
 export const alice = {
@@ -40,12 +39,7 @@ export interface TestGatewayHandle {
   readonly outboxDir: string
 }
 
-/** A temporary directory removed when the scope closes. */
-export const tempDir = (prefix: string): Effect.Effect<string, never, Scope.Scope> =>
-  Effect.acquireRelease(
-    Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), prefix))),
-    (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
-  )
+export { tempDir } from "./Local.ts"
 
 /** A temporary DATA_DIR (removed with the scope) whose users file knows `alice`. */
 export const dataDirWithAlice = (prefix: string) =>
