@@ -102,5 +102,10 @@ export const toHttpBody = (value: unknown): HttpBody.HttpBody => {
   if (body.byteLength <= streamFromBytes) {
     return HttpBody.uint8Array(Buffer.concat([...body.chunks()], body.byteLength), "application/json")
   }
-  return HttpBody.stream(Stream.suspend(() => Stream.fromIterable(body.chunks())), "application/json", body.byteLength)
+  // one slice per pull (Stream.fromIterable would gather up to 4,096 of them, the whole body, at once)
+  return HttpBody.stream(
+    Stream.suspend(() => Stream.fromIterable(body.chunks(), { chunkSize: 1 })),
+    "application/json",
+    body.byteLength
+  )
 }

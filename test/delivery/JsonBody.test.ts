@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Schema } from "effect"
+import { Effect, Schema, Stream } from "effect"
 import { CanonicalMessage } from "../../src/domain/Message.ts"
 import { jsonBody, jsonText, streamFromBytes, toHttpBody } from "../../src/delivery/JsonBody.ts"
 
@@ -76,4 +76,15 @@ describe("JsonBody", () => {
     assert.strictEqual(large.contentLength, jsonBody(message([bytes(streamFromBytes)])).byteLength)
     assert.strictEqual(large.contentType, "application/json")
   })
+
+  it.effect("streams a large body one slice per pull, never the whole body at once", () =>
+    Effect.gen(function*() {
+      const body = toHttpBody(message([bytes(2_000_000)]))
+      assert.strictEqual(body._tag, "Stream")
+      if (body._tag !== "Stream") return
+      const pulls: Array<number> = []
+      yield* Stream.runForEachArray(body.stream, (chunks) => Effect.sync(() => pulls.push(chunks.length)))
+      assert.isAbove(pulls.length, 40)
+      assert.deepStrictEqual(new Set(pulls), new Set([1]))
+    }))
 })
