@@ -106,6 +106,10 @@ describe("container image", () => {
     assert.isAtLeast(port, 1024)
   })
 
+  it("limits glibc's malloc arenas, as the benchmark runs it", () => {
+    assert.match(dockerfile, /^\s+MALLOC_ARENA_MAX=2$/m)
+  })
+
   it("checks its health on /health/live and is stopped by SIGTERM", () => {
     assert.match(dockerfile, /HEALTHCHECK[^\n]*\\\n[^\n]*\/health\/live/)
     assert.match(dockerfile, /STOPSIGNAL SIGTERM/)
