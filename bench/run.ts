@@ -17,10 +17,10 @@ import { aiosmtpd, haraka } from "./systems/peers.ts"
 import type { Environment, Mode, Running, System, UpstreamKind } from "./systems/types.ts"
 
 const argv = process.argv.slice(2)
-const usage = `npm run bench -- [--quick] [--only=<scenario,...>] [--systems=<id,...>] [--soak-minutes=N] [--profile[=gateway|sink]]
+const usage = `npm run bench -- [--quick] [--only=<scenario,...>] [--systems=<id,...>] [--soak-minutes=N] [--soak-rate=N] [--profile[=gateway|sink]]
 scenarios: plain-10x100 tls-10x100 tls-50x100 tls-newconn cakemail-10rcpt large-25mb idle-tls soak
 systems:   gateway sink haraka aiosmtpd responder (see bench/README.md)`
-const known = /^--(quick|profile|(only|systems|soak-minutes|profile)=.+)$/
+const known = /^--(quick|profile|(only|systems|soak-minutes|soak-rate|profile)=.+)$/
 if (argv.includes("--help") || argv.includes("-h")) {
   console.log(usage)
   process.exit(0)
@@ -37,6 +37,12 @@ const profileSystem = flag("profile") ?? "gateway"
 const only = flag("only")?.split(",")
 const systemFilter = flag("systems")?.split(",")
 const soakMinutes = Number(flag("soak-minutes") ?? (quick ? "0.34" : "10"))
+/** A fixed soak rate (msg/s) instead of half the measured peak: for comparing two builds at the same load. */
+const soakRate = flag("soak-rate") === undefined ? undefined : Number(flag("soak-rate"))
+
+// every system runs with the container image's malloc setting (deployment/docker/Dockerfile): the
+// children inherit it, peers and the sink as much as the gateway
+process.env.MALLOC_ARENA_MAX ??= "2"
 
 const repo = path.resolve(import.meta.dirname, "..")
 const resultsDir = path.join(repo, "bench/results")
@@ -256,7 +262,7 @@ const warmupOf = (row: Row): LoadShape => ({ ...row.shape, connections: Math.min
 
 const startedAt = new Date().toISOString()
 const loadAtStart = os.loadavg().map((l) => round(l))
-console.log(`smtp-gateway benchmark ${quick ? "(quick) " : ""}${startedAt}; ${os.cpus().length} CPUs, load average ${loadAtStart.join(" ")}, Node ${process.version}; work dir ${work}`)
+console.log(`smtp-gateway benchmark ${quick ? "(quick) " : ""}${startedAt}; ${os.cpus().length} CPUs, load average ${loadAtStart.join(" ")}, Node ${process.version}, MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX}; work dir ${work}`)
 if ((loadAtStart[0] ?? 0) > os.cpus().length / 2) console.log("  warning: the machine is already busy; figures will be low and noisy")
 for (const [id, reason] of Object.entries(skipped)) console.log(`  (${id} not measured: ${reason})`)
 
@@ -371,15 +377,25 @@ const idleScenario = async () => {
 const soakScenario = async () => {
   const peaks = measurements.filter((m) => m.system === "gateway" && (m.scenario === "tls-10x100" || m.scenario === "tls-50x100")).map((m) => m.msgPerSec)
   const peakRate = peaks.length > 0 ? Math.max(...peaks) : 1000
-  const rate = Math.max(10, Math.round(peakRate / 2))
+  const rate = soakRate ?? Math.max(10, Math.round(peakRate / 2))
   const durationSec = Math.round(soakMinutes * 60)
   const upstreamDelayMs = 20
   // enough connections that 20 ms per message does not cap the rate (each carries ~1 message per 25 ms)
   const connections = Math.min(400, Math.max(10, Math.ceil(rate * 0.025 * 2)))
   const windowSec = quick ? 5 : 30
-  console.log(`\n== soak: ${rate} msg/s (half of ${fmt(peakRate, 0)}) for ${fmt(durationSec / 60)} min, ${connections} connections, upstream answering after ${upstreamDelayMs} ms`)
-  const running = await gateway.start(env, { mode: "tls", upstream: "slow" })
+  console.log(`\n== soak: ${rate} msg/s (${soakRate === undefined ? `half of ${fmt(peakRate, 0)}` : "--soak-rate"}) for ${fmt(durationSec / 60)} min, ${connections} connections, upstream answering after ${upstreamDelayMs} ms`)
+  // the bare sink at the same rate, when selected: the latency tail the machine itself adds
+  for (const system of systems.filter((s) => s.id === "gateway" || s.id === "sink")) {
+    await soakOne(system, rate, durationSec, connections, upstreamDelayMs, windowSec)
+  }
+}
+
+const soakOne = async (system: System, rate: number, durationSec: number, connections: number, upstreamDelayMs: number, windowSec: number) => {
+  const running = await system.start(env, { mode: "tls", upstream: "slow" })
   try {
+    // the same warm-up as the four rows (JIT, auth cache), so the soak measures the steady state
+    const w = await load(running, { connections: 10, messagesPerConnection: 20, newConnectionPerMessage: false, recipients: one, message: text4k(one) }, `warm-soak-${system.id}-${stamp}`)
+    if (w.accepted === 0) throw new Error(`warm-up accepted nothing: ${JSON.stringify(w.failures)}`)
     const pid = running.pids()[0]!
     const windows: Array<{ latencies: Array<number>; rss: number; t: number }> = []
     const windowOf = (t: number) => {
@@ -429,7 +445,7 @@ const soakScenario = async () => {
       rssSlopeMBPerMin: slope,
       windows: table
     }
-    record("soak", gateway, running, result, cpu, rssBefore, peak, undefined, extra)
+    record("soak", system, running, result, cpu, rssBefore, peak, undefined, extra)
     for (const w of table) console.log(`    t=${String(w.t).padStart(4)} s  ${String(w.messages).padStart(6)} msgs  p50 ${fmt(w.p50)} ms  p99 ${fmt(w.p99)} ms  RSS ${fmt(w.rssMB)} MB`)
     console.log(`  added over the upstream's ${upstreamDelayMs} ms: p50 ${fmt(extra.addedP50Ms)} ms, p99 ${fmt(extra.addedP99Ms)} ms; RSS slope over the second half ${fmt(slope, 2)} MB/min; worst schedule lag ${fmt(result.maxLagMs)} ms; ${result.reconnects} reconnects after 421`)
   } finally {

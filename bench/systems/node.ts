@@ -90,7 +90,7 @@ export const gateway: System = {
     const dataDir = path.join(env.work, "gateway-data")
     mkdirSync(dataDir, { recursive: true })
     const cakemail = options.upstream === "cakemail"
-    const child = startChild(process.execPath, [...(options.nodeFlags ?? []), path.join(env.repo, "bin/smtp-gateway.js"), "serve"], {
+    const child = startChild(process.execPath, [...(options.nodeFlags ?? []), ...(process.env.BENCH_NODE_FLAGS?.split(" ").filter(Boolean) ?? []), path.join(env.repo, "bin/smtp-gateway.js"), "serve"], {
       cwd: env.work,
       logFile: path.join(env.logDir, `gateway-${++instances}.log`),
       env: {
