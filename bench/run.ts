@@ -179,6 +179,12 @@ const measured = async (running: Running, shape: LoadShape, tag: string, sampleM
   return { result, cpu, rssBefore, peak, before, after }
 }
 
+/** An unmeasured pass (JIT, the gateway's auth cache); a pass that accepts nothing stops the measurement. */
+const warmUp = async (running: Running, shape: LoadShape, tag: string): Promise<void> => {
+  const w = await load(running, shape, tag)
+  if (w.accepted === 0) throw new Error(`warm-up accepted nothing: ${JSON.stringify(w.failures)}`)
+}
+
 /** Starts the system, warms it up, measures one pass of `shape`, stops it. */
 const measure = async (
   scenario: string,
@@ -190,10 +196,7 @@ const measure = async (
 ): Promise<Measurement> => {
   const running = await system.start(env, { mode, upstream })
   try {
-    if (warmup) {
-      const w = await load(running, warmup, `warm-${scenario}-${system.id}-${stamp}`)
-      if (w.accepted === 0) throw new Error(`warm-up accepted nothing: ${JSON.stringify(w.failures)}`)
-    }
+    if (warmup) await warmUp(running, warmup, `warm-${scenario}-${system.id}-${stamp}`)
     const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, `${scenario}-${system.id}-${stamp}`, 10)
     return record(scenario, system, running, result, cpu, rssBefore, peak, system.postsToUpstream ? after.requests - before.requests : undefined)
   } finally {
@@ -385,17 +388,23 @@ const soakScenario = async () => {
   const windowSec = quick ? 5 : 30
   console.log(`\n== soak: ${rate} msg/s (${soakRate === undefined ? `half of ${fmt(peakRate, 0)}` : "--soak-rate"}) for ${fmt(durationSec / 60)} min, ${connections} connections, upstream answering after ${upstreamDelayMs} ms`)
   // the bare sink at the same rate, when selected: the latency tail the machine itself adds
-  for (const system of systems.filter((s) => s.id === "gateway" || s.id === "sink")) {
-    await soakOne(system, rate, durationSec, connections, upstreamDelayMs, windowSec)
-  }
+  const plan: SoakPlan = { rate, durationSec, connections, upstreamDelayMs, windowSec }
+  for (const system of systems.filter((s) => s.id === "gateway" || s.id === "sink")) await soakOne(system, plan)
 }
 
-const soakOne = async (system: System, rate: number, durationSec: number, connections: number, upstreamDelayMs: number, windowSec: number) => {
+interface SoakPlan {
+  readonly rate: number
+  readonly durationSec: number
+  readonly connections: number
+  readonly upstreamDelayMs: number
+  readonly windowSec: number
+}
+
+const soakOne = async (system: System, { connections, durationSec, rate, upstreamDelayMs, windowSec }: SoakPlan) => {
   const running = await system.start(env, { mode: "tls", upstream: "slow" })
   try {
-    // the same warm-up as the four rows (JIT, auth cache), so the soak measures the steady state
-    const w = await load(running, { connections: 10, messagesPerConnection: 20, newConnectionPerMessage: false, recipients: one, message: text4k(one) }, `warm-soak-${system.id}-${stamp}`)
-    if (w.accepted === 0) throw new Error(`warm-up accepted nothing: ${JSON.stringify(w.failures)}`)
+    // the warm-up of tls-10x100, so the soak measures the steady state
+    await warmUp(running, warmupOf(rows.find((r) => r.id === "tls-10x100")!), `warm-soak-${system.id}-${stamp}`)
     const pid = running.pids()[0]!
     const windows: Array<{ latencies: Array<number>; rss: number; t: number }> = []
     const windowOf = (t: number) => {
