@@ -37,6 +37,15 @@ const listening = async (child: Child, port: number, options: StartOptions, what
 }
 
 /** Creates the gateway's users file once (the CLI, as an operator would). */
+/** BENCH_GATEWAY_ENV="NAME=value ...": settings that override the gateway's benchmark settings (experiments). */
+const gatewayEnvOverrides = (): Record<string, string> =>
+  Object.fromEntries(
+    (process.env.BENCH_GATEWAY_ENV ?? "").split(" ").filter((pair) => pair.includes("=")).map((pair) => {
+      const at = pair.indexOf("=")
+      return [pair.slice(0, at), pair.slice(at + 1)]
+    })
+  )
+
 const usersFile = (env: Environment): string => {
   const file = path.join(env.work, "gateway-users.json")
   if (!existsSync(file)) {
@@ -115,7 +124,8 @@ export const gateway: System = {
         MAX_CONNECTIONS: "20000",
         MAX_CONNECTIONS_PER_IP: "20000",
         RATE_LIMIT_PER_IP: "1000000000",
-        RATE_LIMIT_PER_USER: "1000000000"
+        RATE_LIMIT_PER_USER: "1000000000",
+        ...gatewayEnvOverrides()
       }
     })
     await startedWhen(child, async () => {
