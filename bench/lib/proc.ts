@@ -10,14 +10,17 @@ import * as net from "node:net"
 /** Linux USER_HZ; /proc/<pid>/stat counts CPU time in these ticks. */
 const clockTicks = 100
 
-/** User + system CPU seconds of a process (from /proc/<pid>/stat). */
+/**
+ * User + system CPU seconds of a process and of its children that have exited and been waited for
+ * (from /proc/<pid>/stat): Postfix's master replaces an smtpd after 100 connections, and the time of the
+ * one that exited would otherwise be lost.
+ */
 const cpuSeconds = (pid: number): number => {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
   // the command name (field 2) may hold spaces: count fields after its closing parenthesis
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  const utime = Number(fields[11])
-  const stime = Number(fields[12])
-  return (utime + stime) / clockTicks
+  const [utime, stime, cutime, cstime] = [11, 12, 13, 14].map((i) => Number(fields[i]))
+  return (utime! + stime! + cutime! + cstime!) / clockTicks
 }
 
 /** A field of /proc/<pid>/status in bytes (VmRSS, VmHWM); 0 when the process is gone. */
