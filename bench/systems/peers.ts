@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process"
 import { chmodSync, chownSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { freePort, processTree, startChild, startedWhen, waitForPort } from "../lib/proc.ts"
+import { type Child, freePort, processTree, startChild, startedWhen, waitForPort } from "../lib/proc.ts"
 import { benchUser, startSink, upstreamUrl } from "./node.ts"
 import type { Running, System } from "./types.ts"
 
@@ -17,6 +17,17 @@ let instances = 0
 const python = "/usr/bin/python3"
 const harakaDir = process.env.BENCH_HARAKA_DIR ?? "/tmp/peers/haraka"
 const harakaBin = path.join(harakaDir, "node_modules/Haraka/bin/haraka")
+
+/** A peer started in its own process tree, logged in to (tls) as the benchmark's user. */
+const peerRunning = (port: number, child: Child, tls: boolean, stop: () => Promise<void>): Running => ({
+  port,
+  pids: () => processTree(child.pid),
+  starttls: tls,
+  auth: tls ? benchUser : undefined,
+  mailFrom: "sender@example.com",
+  note: undefined,
+  stop
+})
 
 const works = (command: string, args: ReadonlyArray<string>): boolean => {
   try {
@@ -78,15 +89,7 @@ export const haraka: System = {
       env: { ...process.env, NODE_PATH: path.join(harakaDir, "node_modules") }
     })
     await startedWhen(child, () => waitForPort(port), "Haraka", env.logDir)
-    return {
-      port,
-      pids: () => processTree(child.pid),
-      starttls: tls,
-      auth: tls ? benchUser : undefined,
-      mailFrom: "sender@example.com",
-      note: undefined,
-      stop: async () => void (await child.stop())
-    }
+    return peerRunning(port, child, tls, async () => void (await child.stop()))
   }
 }
 
@@ -204,23 +207,15 @@ export const postfix: System = {
       logFile: path.join(env.logDir, `postfix-${instances}.log`)
     })
     await startedWhen(child, () => waitForPort(port), "Postfix", env.logDir)
-    return {
-      port,
-      // postfix ▸ postfix-script ▸ master ▸ smtpd, cleanup, qmgr, discard, ...
-      pids: () => processTree(child.pid),
-      starttls: tls,
-      auth: tls ? benchUser : undefined,
-      mailFrom: "sender@example.com",
-      note: undefined,
-      stop: async () => {
-        try {
-          execFileSync(postfixBin, ["-c", config, "stop"], { stdio: "ignore" })
-        } catch {
-          // already stopped
-        }
-        await child.stop()
-        rmSync(dir, { recursive: true, force: true })
+    // its processes: postfix ▸ postfix-script ▸ master ▸ smtpd, cleanup, qmgr, discard, ...
+    return peerRunning(port, child, tls, async () => {
+      try {
+        execFileSync(postfixBin, ["-c", config, "stop"], { stdio: "ignore" })
+      } catch {
+        // already stopped
       }
-    }
+      await child.stop()
+      rmSync(dir, { recursive: true, force: true })
+    })
   }
 }
