@@ -19,8 +19,8 @@ const cpuSeconds = (pid: number): number => {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
   // the command name (field 2) may hold spaces: count fields after its closing parenthesis
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-  const [utime, stime, cutime, cstime] = [11, 12, 13, 14].map((i) => Number(fields[i]))
-  return (utime! + stime! + cutime! + cstime!) / clockTicks
+  // utime, stime, cutime, cstime
+  return fields.slice(11, 15).reduce((sum, ticks) => sum + Number(ticks), 0) / clockTicks
 }
 
 /** A field of /proc/<pid>/status in bytes (VmRSS, VmHWM); 0 when the process is gone. */

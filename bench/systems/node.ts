@@ -36,7 +36,6 @@ const listening = async (child: Child, port: number, options: StartOptions, what
   }
 }
 
-/** Creates the gateway's users file once (the CLI, as an operator would). */
 /** BENCH_GATEWAY_ENV="NAME=value ...": settings that override the gateway's benchmark settings (experiments). */
 const gatewayEnvOverrides = (): Record<string, string> =>
   Object.fromEntries(
@@ -46,6 +45,7 @@ const gatewayEnvOverrides = (): Record<string, string> =>
     })
   )
 
+/** Creates the gateway's users file once (the CLI, as an operator would). */
 const usersFile = (env: Environment): string => {
   const file = path.join(env.work, "gateway-users.json")
   if (!existsSync(file)) {

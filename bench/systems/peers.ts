@@ -99,7 +99,7 @@ const postfixBin = "/usr/sbin/postfix"
 const saslpasswd = "/usr/sbin/saslpasswd2"
 
 /**
- * Postfix's own services (master.cf), without chroot: the instance lives in the run's work directory.
+ * Postfix's own services (master.cf), without chroot: the instance lives in a temporary directory.
  * smtpd listens on the port the runner chose; tlsmgr is needed for STARTTLS, postlog for the log.
  */
 const postfixServices = (port: number) =>
@@ -144,7 +144,7 @@ export const postfix: System = {
   },
   start: async (env, options): Promise<Running> => {
     const port = await freePort()
-    // outside the run's work directory, which only root may enter: Postfix's daemons run as the postfix user
+    // outside the run's work directory, which only root may enter
     const dir = mkdtempSync(path.join(os.tmpdir(), `smtp-gateway-bench-postfix-${++instances}-`))
     chmodSync(dir, 0o755)
     const config = path.join(dir, "conf")
@@ -206,9 +206,8 @@ export const postfix: System = {
       cwd: dir,
       logFile: path.join(env.logDir, `postfix-${instances}.log`)
     })
-    await startedWhen(child, () => waitForPort(port), "Postfix", env.logDir)
-    // its processes: postfix ▸ postfix-script ▸ master ▸ smtpd, cleanup, qmgr, discard, ...
-    return peerRunning(port, child, tls, async () => {
+    // the master outlives a stopped `postfix start-fg`: `postfix stop` ends it, then the directory goes
+    const stop = async () => {
       try {
         execFileSync(postfixBin, ["-c", config, "stop"], { stdio: "ignore" })
       } catch {
@@ -216,6 +215,14 @@ export const postfix: System = {
       }
       await child.stop()
       rmSync(dir, { recursive: true, force: true })
-    })
+    }
+    try {
+      await startedWhen(child, () => waitForPort(port), "Postfix", env.logDir)
+    } catch (error) {
+      await stop()
+      throw error
+    }
+    // its processes: postfix ▸ postfix-script ▸ master ▸ smtpd, cleanup, qmgr, discard, ...
+    return peerRunning(port, child, tls, stop)
   }
 }

@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schema, Stream } from "effect"
 import { CanonicalMessage } from "../../src/domain/Message.ts"
 import { jsonBody, jsonText, streamFromBytes, toHttpBody } from "../../src/delivery/JsonBody.ts"
+import { canonical } from "./fixtures.ts"
 
 const encodeCanonical = Schema.encodeSync(CanonicalMessage)
 
@@ -12,19 +13,11 @@ const bytes = (n: number, seed = 7) => {
 }
 
 const message = (attachments: ReadonlyArray<Uint8Array>): CanonicalMessage => ({
-  id: "0K3F2ABCDEFGHIJKLMN",
-  received_at: "2026-11-21T10:00:00.000Z",
-  principal: { username: "alice" },
-  envelope: { mail_from: "alice@example.com", rcpt_to: ["bob@example.net", "\"q\\uote\"@example.net"] },
-  message_id: "<m1@example.com>",
-  date: null,
+  ...canonical("0K3F2ABCDEFGHIJKLMN", ["bob@example.net", "\"q\\uote\"@example.net"]),
+  // strings JSON must escape, or must not: quotes, control and lone surrogate, line separators, non-ASCII
   from: { address: "alice@example.com", name: "Alice \"A\" Ä" },
-  reply_to: [],
-  to: [{ address: "bob@example.net", name: null }],
-  cc: [],
   subject: "café ☕ \u0000 \ud800 line\r\nbreak",
   text: "Hi 👋\n",
-  html: null,
   headers: [{ name: "X-Test", value: "</script>\u2028" }],
   attachments: attachments.map((content, i) => ({
     filename: `a${i}.bin`,
@@ -34,7 +27,6 @@ const message = (attachments: ReadonlyArray<Uint8Array>): CanonicalMessage => ({
     disposition: "attachment" as const,
     content_base64: content
   })),
-  in_reply_to: null,
   references: ["<r1@example.com>"]
 })
 
