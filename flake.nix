@@ -55,6 +55,8 @@
         let
           pkg = self.packages.${pkgs.stdenv.hostPlatform.system}.smtp-gateway;
           serve = pkgs.writeShellScriptBin "smtp-gateway-serve" ''
+            # the container image's malloc setting (README, Benchmarks), unless the caller set one
+            export MALLOC_ARENA_MAX="''${MALLOC_ARENA_MAX:-2}"
             exec ${pkg}/bin/smtp-gateway serve "$@"
           '';
         in

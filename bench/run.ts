@@ -3,7 +3,7 @@
  * process of each system under test, drives it with bench/loadgen.ts, measures throughput, latency, time
  * to greeting, CPU and RSS from /proc, prints tables with the targets, and writes
  * bench/results/<timestamp>.json. Loopback only; every phase is bounded. See bench/README.md.
- * Flags: --quick, --only=<scenario,...>, --systems=<id,...>, --soak-minutes=N, --profile[=gateway|sink].
+ * Flags: --quick, --only=<scenario,...>, --systems=<id,...>, --soak-minutes=N, --soak-rate=N, --profile[=gateway|sink].
  */
 import { execFileSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
@@ -39,6 +39,10 @@ const systemFilter = flag("systems")?.split(",")
 const soakMinutes = Number(flag("soak-minutes") ?? (quick ? "0.34" : "10"))
 /** A fixed soak rate (msg/s) instead of half the measured peak: for comparing two builds at the same load. */
 const soakRate = flag("soak-rate") === undefined ? undefined : Number(flag("soak-rate"))
+if (soakRate !== undefined && !(Number.isFinite(soakRate) && soakRate > 0)) {
+  console.error(`--soak-rate must be a positive number of messages per second, not ${flag("soak-rate")}`)
+  process.exit(2)
+}
 
 // every system runs with the container image's malloc setting (deployment/docker/Dockerfile): the
 // children inherit it, peers and the sink as much as the gateway
@@ -192,11 +196,11 @@ const measure = async (
   mode: Mode,
   upstream: UpstreamKind,
   shape: LoadShape,
-  warmup: LoadShape | undefined
+  warmup: LoadShape
 ): Promise<Measurement> => {
   const running = await system.start(env, { mode, upstream })
   try {
-    if (warmup) await warmUp(running, warmup, `warm-${scenario}-${system.id}-${stamp}`)
+    await warmUp(running, warmup, `warm-${scenario}-${system.id}-${stamp}`)
     const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, `${scenario}-${system.id}-${stamp}`, 10)
     return record(scenario, system, running, result, cpu, rssBefore, peak, system.postsToUpstream ? after.requests - before.requests : undefined)
   } finally {
@@ -275,7 +279,18 @@ const warmupOf = (row: Row): LoadShape => ({
 
 const startedAt = new Date().toISOString()
 const loadAtStart = os.loadavg().map((l) => round(l))
+/** What this run was asked for beyond the defaults: saved with the results, so an experiment's figures read as one. */
+const settings = {
+  soakMinutes,
+  soakRate: soakRate ?? null,
+  mallocArenaMax: process.env.MALLOC_ARENA_MAX ?? null,
+  gatewayEnv: process.env.BENCH_GATEWAY_ENV ?? null,
+  nodeFlags: process.env.BENCH_NODE_FLAGS ?? null
+}
 console.log(`smtp-gateway benchmark ${quick ? "(quick) " : ""}${startedAt}; ${os.cpus().length} CPUs, load average ${loadAtStart.join(" ")}, Node ${process.version}, MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX}; work dir ${work}`)
+if (settings.gatewayEnv !== null || settings.nodeFlags !== null) {
+  console.log(`  experiment: BENCH_GATEWAY_ENV=${JSON.stringify(settings.gatewayEnv ?? "")} BENCH_NODE_FLAGS=${JSON.stringify(settings.nodeFlags ?? "")}`)
+}
 if ((loadAtStart[0] ?? 0) > os.cpus().length / 2) console.log("  warning: the machine is already busy; figures will be low and noisy")
 for (const [id, reason] of Object.entries(skipped)) console.log(`  (${id} not measured: ${reason})`)
 
@@ -305,7 +320,8 @@ const cakemailScenario = async () => {
   const shape: LoadShape = { connections: 10, messagesPerConnection: perConnection, newConnectionPerMessage: false, recipients: ten, message: text4k(ten) }
   const running = await gateway.start(env, { mode: "tls", upstream: "cakemail" })
   try {
-    await load(running, { ...shape, messagesPerConnection: 5 }, `warm-cakemail-${stamp}`)
+    // as long a warm-up in upstream calls as the other rows (10 calls per message)
+    await warmUp(running, { ...shape, messagesPerConnection: quick ? 3 : 30 }, `warm-cakemail-${stamp}`)
     const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, `cakemail-${stamp}`, 10)
     const emails = after.cakemailEmails - before.cakemailEmails
     record("cakemail-10rcpt", gateway, running, result, cpu, rssBefore, peak, undefined, { cakemailEmails: emails, recipientsPerSec: emails / result.wallSec })
@@ -321,7 +337,8 @@ const largeScenario = async () => {
   for (const system of systems.filter((s) => s.id === "gateway" || s.id === "sink")) {
     const running = await system.start(env, { mode: "tls", upstream: "fast" })
     try {
-      await load(running, { connections: 1, messagesPerConnection: 3, newConnectionPerMessage: false, recipients: one, message: text4k(one) }, `warm-large-${stamp}`)
+      // a few small messages open the pools and the workers; this row measures memory, not speed
+      await warmUp(running, { connections: 1, messagesPerConnection: 3, newConnectionPerMessage: false, recipients: one, message: text4k(one) }, `warm-large-${stamp}`)
       await sleep(500)
       const source = largeMessage({ size, from: running.mailFrom, to: one, tag: `large-${system.id}-${stamp}` })
       const bytes = messageBytes(source)
@@ -494,7 +511,7 @@ const profile = async () => {
   const running = await system.start(env, { mode: row.mode, upstream: "fast", nodeFlags: ["--cpu-prof", `--cpu-prof-dir=${dir}`] })
   let accepted = 0
   try {
-    await load(running, warmupOf(row), `warm-profile-${stamp}`)
+    await warmUp(running, warmupOf(row), `warm-profile-${stamp}`)
     for (let i = 0; i < passes; i++) accepted += (await load(running, row.shape, `profile-${i}-${stamp}`)).accepted
   } finally {
     await running.stop()
@@ -597,6 +614,7 @@ if (!profileMode) {
     startedAt,
     finishedAt: new Date().toISOString(),
     quick,
+    settings,
     machine: { loadAverageAtStart: loadAtStart, loadAverageAtEnd: os.loadavg().map((l) => round(l)), cpus: os.cpus().length, model: os.cpus()[0]?.model, memoryGB: round(os.totalmem() / 2 ** 30, 1), node: process.version },
     skipped,
     measurements: measurements.map((m) => ({ ...m, msgPerSec: round(m.msgPerSec, 1), msgPerCpuSec: round(m.msgPerCpuSec, 1), cpuSec: round(m.cpuSec, 3) })),

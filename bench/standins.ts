@@ -9,7 +9,13 @@ import * as http from "node:http"
 import { Effect, Scope } from "effect"
 import { FakeCakemail } from "../test/support/FakeCakemail.ts"
 
-const [upstreamPort, slowPort, collectorPort, cakemailPort] = process.argv.slice(2).map(Number)
+const ports = process.argv.slice(2).map(Number)
+const [upstreamPort, slowPort, collectorPort, cakemailPort] = ports
+// every port is the runner's choice: a missing one would otherwise listen somewhere nobody looks
+if (ports.length !== 4 || !ports.every((p) => Number.isInteger(p) && p > 0) || cakemailPort === undefined) {
+  console.error("usage: tsx bench/standins.ts <upstreamPort> <slowUpstreamPort> <collectorPort> <cakemailPort>")
+  process.exit(2)
+}
 
 const stats = { requests: 0, bytes: 0, maxBody: 0, cakemailEmails: 0, cakemailTokens: 0, cakemailFailures: 0, spans: 0, collectorBytes: 0 }
 
@@ -58,7 +64,7 @@ const scope = await Effect.runPromise(Scope.make())
 const cakemail = await Effect.runPromise(
   FakeCakemail.make({
     host: "127.0.0.1",
-    port: cakemailPort ?? 0,
+    port: cakemailPort,
     onResponse: (request, status) => {
       if (request.path === "/v2/emails") {
         if (status === 201) stats.cakemailEmails++

@@ -154,16 +154,23 @@ export const startChild = (command: string, args: ReadonlyArray<string>, options
 
 /**
  * Waits for `ready` while watching the child: if the child exits first or `ready` fails (e.g. times
- * out), the child is stopped, so a failed start leaves no process behind, and the promise rejects.
+ * out), the system is stopped (`stop`, the child by default), so a failed start leaves no process
+ * behind, and the promise rejects.
  */
-export const startedWhen = async (child: Child, ready: () => Promise<unknown>, what: string, logDir: string): Promise<void> => {
+export const startedWhen = async (
+  child: Child,
+  ready: () => Promise<unknown>,
+  what: string,
+  logDir: string,
+  stop: () => Promise<unknown> = () => child.stop()
+): Promise<void> => {
   try {
     await Promise.race([
       ready(),
       child.exited.then((code) => Promise.reject(new Error(`${what} exited (${code}) at startup; see ${logDir}`)))
     ])
   } catch (error) {
-    await child.stop()
+    await stop()
     throw error
   }
 }

@@ -216,12 +216,7 @@ export const postfix: System = {
       await child.stop()
       rmSync(dir, { recursive: true, force: true })
     }
-    try {
-      await startedWhen(child, () => waitForPort(port), "Postfix", env.logDir)
-    } catch (error) {
-      await stop()
-      throw error
-    }
+    await startedWhen(child, () => waitForPort(port), "Postfix", env.logDir, stop)
     // its processes: postfix ▸ postfix-script ▸ master ▸ smtpd, cleanup, qmgr, discard, ...
     return peerRunning(port, child, tls, stop)
   }
