@@ -91,10 +91,6 @@ export const jsonBody = (value: unknown): JsonBody => {
   return { byteLength, chunks: () => chunksOf(segments) }
 }
 
-/** The whole text, as one string (tests compare it with JSON.stringify). */
-export const jsonText = (value: unknown): string =>
-  Buffer.concat([...jsonBody(value).chunks()]).toString("utf8")
-
 /** An HTTP body: one buffer when small, else a stream the client writes as the socket drains. */
 export const toHttpBody = (value: unknown): HttpBody.HttpBody => {
   if (!hasBytes(value)) return HttpBody.uint8Array(Buffer.from(JSON.stringify(value) ?? "null", "utf8"), "application/json")

@@ -49,7 +49,7 @@ describe("Authenticator", () => {
     const keyOf = makeCredentialKey()
     assert.strictEqual(keyOf(credentials("alice", "secret")), keyOf(credentials("alice", "secret")))
     assert.notStrictEqual(keyOf(credentials("a\0", "b")), keyOf(credentials("a", "\0b")))
-    assert.notStrictEqual(keyOf(credentials("alice", "secret")), makeCredentialKey()(credentials("alice", "secret")), "a key per process")
+    assert.notStrictEqual(keyOf(credentials("alice", "secret")), makeCredentialKey()(credentials("alice", "secret")), "a key per call")
     assert.notInclude(keyOf(credentials("alice", "secret")), "secret")
   })
 

@@ -8,12 +8,22 @@ describe("Waiters", () => {
     Effect.gen(function*() {
       const waiters = makeWaiters()
       let lines = 0
-      const first = yield* Effect.forkChild(waiters.until(() => (lines >= 1 ? Result.succeed("first") : undefined), "1 second", () => "late"))
-      const second = yield* Effect.forkChild(waiters.until(() => (lines >= 2 ? Result.succeed("second") : undefined), "1 second", () => "late"))
-      yield* Effect.yieldNow
-      lines = 2
+      // both are waiting before anything changes: only wake() can end them
+      const first = yield* Effect.forkChild(
+        waiters.until(() => (lines >= 1 ? Result.succeed("first") : undefined), "1 second", () => "late"),
+        { startImmediately: true }
+      )
+      const second = yield* Effect.forkChild(
+        waiters.until(() => (lines >= 2 ? Result.succeed("second") : undefined), "1 second", () => "late"),
+        { startImmediately: true }
+      )
+      lines = 1
+      assert.isUndefined(first.pollUnsafe(), "nothing ends without a wake")
       waiters.wake()
       assert.strictEqual(yield* Fiber.join(first), "first")
+      assert.isUndefined(second.pollUnsafe(), "the second still waits for its own condition")
+      lines = 2
+      waiters.wake()
       assert.strictEqual(yield* Fiber.join(second), "second")
     }))
 

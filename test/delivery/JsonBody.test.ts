@@ -1,8 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schema, Stream } from "effect"
 import { CanonicalMessage } from "../../src/domain/Message.ts"
-import { jsonBody, jsonText, streamFromBytes, toHttpBody } from "../../src/delivery/JsonBody.ts"
-import { canonical } from "./fixtures.ts"
+import { jsonBody, streamFromBytes, toHttpBody } from "../../src/delivery/JsonBody.ts"
+import { canonical, jsonText } from "./fixtures.ts"
 
 const encodeCanonical = Schema.encodeSync(CanonicalMessage)
 

@@ -5,6 +5,7 @@
 import * as crypto from "node:crypto"
 import { Option, Redacted, Schema } from "effect"
 import type { DeliveryRequest } from "../../src/delivery/Delivery.ts"
+import { jsonBody } from "../../src/delivery/JsonBody.ts"
 import { Mailbox } from "../../src/domain/Address.ts"
 import type { CanonicalMessage } from "../../src/domain/Message.ts"
 import { Principal } from "../../src/domain/Principal.ts"
@@ -59,3 +60,7 @@ export const request = (
   recipients: recipients.map((r) => mailbox(r)),
   ...overrides
 })
+
+/** The whole JSON body an upstream call sends, as one string (to compare with JSON.stringify). */
+export const jsonText = (value: unknown): string =>
+  Buffer.concat([...jsonBody(value).chunks()]).toString("utf8")

@@ -3,12 +3,12 @@
 // docs keep the promises the deployment issue asks for. yamllint and nix-instantiate checks skip
 // only when those tools are absent (Debian: yamllint, nix-bin).
 import { assert, describe, it } from "@effect/vitest"
+import { Predicate } from "effect"
 import { existsSync, readFileSync } from "node:fs"
 import { join, relative } from "node:path"
 import { parseFlake, parseYamlDocuments, plainYamlFiles, root, schemaErrors, yamllint } from "../../scripts/validate-deployment.ts"
 
 const read = (path: string): string => readFileSync(join(root, path), "utf8")
-const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
 describe("deployment YAML files", () => {
   const files = plainYamlFiles()
@@ -32,7 +32,7 @@ describe("deployment YAML files", () => {
   for (const file of files) {
     it(`${relative(root, file)} parses as YAML without duplicate keys`, () => {
       const docs = parseYamlDocuments(readFileSync(file, "utf8"), file)
-      assert.isNotEmpty(docs.filter(isRecord))
+      assert.isNotEmpty(docs.filter(Predicate.isObject))
     })
   }
 
@@ -43,7 +43,7 @@ describe("deployment YAML files", () => {
   it("has cert-manager issuers for Let's Encrypt staging, production and DNS-01 that pass their schemas", () => {
     const objects = files
       .filter((file) => file.includes("/cert-manager/"))
-      .flatMap((file) => parseYamlDocuments(readFileSync(file, "utf8"), file).filter(isRecord))
+      .flatMap((file) => parseYamlDocuments(readFileSync(file, "utf8"), file).filter(Predicate.isObject))
     for (const object of objects) assert.strictEqual(schemaErrors(object), "")
     const issuers = objects.filter((o) => o.kind === "ClusterIssuer")
     const servers = issuers.map((o) => JSON.stringify(o.spec))

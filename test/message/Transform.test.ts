@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs"
 import { Mailbox } from "../../src/domain/Address.ts"
 import { Envelope, SessionInfo } from "../../src/domain/Envelope.ts"
 import { CanonicalMessage } from "../../src/domain/Message.ts"
-import { jsonText } from "../../src/delivery/JsonBody.ts"
+import { jsonText } from "../delivery/fixtures.ts"
 import { Principal } from "../../src/domain/Principal.ts"
 import { Parser } from "../../src/message/Parser.ts"
 import {
