@@ -52,12 +52,30 @@ describe("DuplicateWindow in memory", () => {
       claimed(yield* claim("k1"))
     }).pipe(Effect.provide(window())))
 
+  it.effect("answers an upstream id that holds spaces and odd characters exactly as recorded", () =>
+    Effect.gen(function*() {
+      const recorded = { upstreamId: " id with  spaces | and ünïcode ", gatewayId: "0MI9X2K3L4ABCDEFGHIJ", at: 1_790_000_000_123 }
+      yield* claimed(yield* claim("k1")).complete(recorded)
+      assert.deepStrictEqual(yield* claim("k1"), { _tag: "Delivered", delivered: recorded })
+    }).pipe(Effect.provide(window())))
+
   it.effect("keeps at most `capacity` entries, dropping the oldest", () =>
     Effect.gen(function*() {
       for (const key of ["a", "b", "c"]) yield* claimed(yield* claim(key)).complete(delivered(key))
       claimed(yield* claim("a"))
       assert.strictEqual((yield* claim("c"))._tag, "Delivered")
     }).pipe(Effect.provide(window(2))))
+
+  it.effect("once full, drops its oldest 64th at once and keeps every newer entry", () =>
+    Effect.gen(function*() {
+      const keys = Array.from({ length: 129 }, (_, i) => `k${i}`)
+      for (const key of keys) yield* claimed(yield* claim(key)).complete(delivered(key))
+      // 129 entries in a window of 128: the two oldest go (128 / 64), the rest stay
+      const tags = []
+      for (const key of keys) tags.push((yield* claim(key))._tag)
+      assert.deepStrictEqual(tags.slice(0, 3), ["Claimed", "Claimed", "Delivered"])
+      assert.isTrue(tags.slice(2).every((tag) => tag === "Delivered"))
+    }).pipe(Effect.provide(window(128))))
 })
 
 /** One Redis server for the block; each window is a separate client, as two gateway processes are. */
