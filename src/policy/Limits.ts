@@ -50,6 +50,117 @@ export interface AuthFailureOutcome {
   readonly blocked: boolean
 }
 
+// ---- the stores: lockout counters and blocks, and rate counters (memory or Redis) ------------
+
+export interface LockoutStore {
+  /** Adds one to `key` (created with a `window` expiry) and gives the count. */
+  readonly increment: (key: string, window: Duration.Duration) => Effect.Effect<number, Redis.RedisError>
+  readonly block: (key: string, duration: Duration.Duration) => Effect.Effect<void, Redis.RedisError>
+  /** True while `key` is blocked. */
+  readonly isBlocked: (key: string) => Effect.Effect<boolean, Redis.RedisError>
+}
+
+/** Keys each memory store holds at most (lockout counters, blocks, rate counters). */
+const memoryCapacity = 100_000
+
+/**
+ * Makes room in a full map before a new key goes in: expired entries go, then the oldest, until a
+ * 64th of it is free, so the next walk over the map is that many new keys away (a walk per new key
+ * would cost a scan of 100,000 entries on every AUTH failure of a flood from many addresses).
+ */
+const makeRoom = <V>(map: Map<string, V>, expiresAt: (value: V) => number, now: number, capacity = memoryCapacity) => {
+  if (map.size < capacity) return
+  for (const [key, value] of map) if (expiresAt(value) <= now) map.delete(key)
+  const target = capacity - Math.max(1, Math.floor(capacity / 64))
+  for (const key of map.keys()) {
+    if (map.size <= target) break
+    map.delete(key)
+  }
+}
+
+/** Sets a key as the newest: a Map keeps a key's first place when it is set again. */
+const renew = <V>(map: Map<string, V>, key: string, value: V) => {
+  map.delete(key)
+  map.set(key, value)
+}
+
+export const makeMemoryLockoutStore = (): LockoutStore => {
+  const counters = new Map<string, { count: number; expiresAt: number }>()
+  const blocks = new Map<string, number>()
+  return {
+    increment: (key, window) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const current = counters.get(key)
+        if (current !== undefined && current.expiresAt > now) return ++current.count
+        makeRoom(counters, (c) => c.expiresAt, now)
+        renew(counters, key, { count: 1, expiresAt: now + Duration.toMillis(window) })
+        return 1
+      }),
+    block: (key, duration) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        makeRoom(blocks, (until) => until, now)
+        renew(blocks, key, now + Duration.toMillis(duration))
+      }),
+    isBlocked: (key) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const until = blocks.get(key)
+        if (until === undefined) return false
+        if (until > now) return true
+        blocks.delete(key)
+        return false
+      })
+  }
+}
+
+/**
+ * The rate limiter's memory store: Effect's, with a bounded fixed-window count. Effect's keeps a counter
+ * for every key it has seen, expired or not, so without Redis the process would hold one per client
+ * address and user for as long as it runs. The count is Effect's own: each message moves the window's
+ * end by `refillRate` (window / limit); over the limit, the answer is the count and the wait.
+ */
+export const memoryRateLimiterStore = (capacity = memoryCapacity): Layer.Layer<RateLimiter.RateLimiterStore> =>
+  Layer.effect(
+    RateLimiter.RateLimiterStore,
+    Effect.gen(function*() {
+      const effectStore = yield* RateLimiter.RateLimiterStore
+      const counters = new Map<string, { count: number; expiresAt: number }>()
+      return RateLimiter.RateLimiterStore.of({
+        ...effectStore,
+        fixedWindow: ({ key, limit, refillRate, tokens }) =>
+          Effect.map(Clock.currentTimeMillis, (now) => {
+            let counter = counters.get(key)
+            if (counter === undefined || counter.expiresAt <= now) {
+              makeRoom(counters, (c) => c.expiresAt, now, capacity)
+              counter = { count: 0, expiresAt: now }
+              renew(counters, key, counter)
+            }
+            if (limit !== undefined && counter.count + tokens > limit) {
+              return [counter.count + tokens, counter.expiresAt - now] as const
+            }
+            counter.count += tokens
+            counter.expiresAt += Duration.toMillis(refillRate) * tokens
+            return [counter.count, counter.expiresAt - now] as const
+          })
+      })
+    })
+  ).pipe(Layer.provide(RateLimiter.layerStoreMemory))
+
+const redisPrefix = "smtp-gateway:lockout:"
+
+const makeRedisLockoutStore = (redis: Redis.Redis["Service"]): LockoutStore => ({
+  // SET NX PX first, so the key always carries its expiry; INCR keeps it
+  increment: (key, window) =>
+    Effect.andThen(
+      redis.send("SET", redisPrefix + key, "0", "PX", String(Duration.toMillis(window)), "NX"),
+      redis.send<number>("INCR", redisPrefix + key)
+    ).pipe(Effect.map(Number)),
+  block: (key, duration) =>
+    Effect.asVoid(redis.send("SET", `${redisPrefix}block:${key}`, "1", "PX", String(Duration.toMillis(duration)))),
+  isBlocked: (key) => Effect.map(redis.send<number>("EXISTS", `${redisPrefix}block:${key}`), (n) => Number(n) > 0)
+})
+
+// ---- the service ----------------------------------------------------------------------------------
+
 export class Limits extends Context.Service<Limits, {
   /** ALLOWLIST_CIDRS: exempt from rate limits and the per-IP connection limit. */
   readonly isAllowlisted: (client: string) => boolean
@@ -78,7 +189,7 @@ export class Limits extends Context.Service<Limits, {
       const store = makeMemoryLockoutStore()
       return yield* makeLimits(store)
     })
-  ).pipe(Layer.provide(RateLimiter.layer.pipe(Layer.provide(RateLimiter.layerStoreMemory))))
+  ).pipe(Layer.provide(RateLimiter.layer.pipe(Layer.provide(memoryRateLimiterStore()))))
 
   /** In Redis (the `Redis` service): shared by every process using the same server. */
   static readonly layerRedis: Layer.Layer<Limits, never, GatewayConfig | Redis.Redis> = Layer.effect(
@@ -90,70 +201,6 @@ export class Limits extends Context.Service<Limits, {
   ).pipe(Layer.provide(RateLimiter.layer.pipe(Layer.provide(RateLimiter.layerStoreRedis({ prefix: "smtp-gateway:rate:" })))))
 }
 
-// ---- lockout state: counters over a window, and blocks with an expiry ---------------------------
-
-export interface LockoutStore {
-  /** Adds one to `key` (created with a `window` expiry) and gives the count. */
-  readonly increment: (key: string, window: Duration.Duration) => Effect.Effect<number, Redis.RedisError>
-  readonly block: (key: string, duration: Duration.Duration) => Effect.Effect<void, Redis.RedisError>
-  /** True while `key` is blocked. */
-  readonly isBlocked: (key: string) => Effect.Effect<boolean, Redis.RedisError>
-}
-
-/** Entries beyond this trigger a sweep of expired ones; if still over, the oldest go. */
-const memoryCapacity = 100_000
-
-export const makeMemoryLockoutStore = (): LockoutStore => {
-  const counters = new Map<string, { count: number; expiresAt: number }>()
-  const blocks = new Map<string, number>()
-  const bound = <V>(map: Map<string, V>, expiresAt: (v: V) => number, now: number) => {
-    if (map.size < memoryCapacity) return
-    for (const [key, value] of map) if (expiresAt(value) <= now) map.delete(key)
-    for (const key of map.keys()) {
-      if (map.size < memoryCapacity) break
-      map.delete(key)
-    }
-  }
-  return {
-    increment: (key, window) =>
-      Effect.map(Clock.currentTimeMillis, (now) => {
-        const current = counters.get(key)
-        if (current !== undefined && current.expiresAt > now) return ++current.count
-        bound(counters, (c) => c.expiresAt, now)
-        counters.set(key, { count: 1, expiresAt: now + Duration.toMillis(window) })
-        return 1
-      }),
-    block: (key, duration) =>
-      Effect.map(Clock.currentTimeMillis, (now) => {
-        bound(blocks, (until) => until, now)
-        blocks.set(key, now + Duration.toMillis(duration))
-      }),
-    isBlocked: (key) =>
-      Effect.map(Clock.currentTimeMillis, (now) => {
-        const until = blocks.get(key)
-        if (until === undefined) return false
-        if (until > now) return true
-        blocks.delete(key)
-        return false
-      })
-  }
-}
-
-const redisPrefix = "smtp-gateway:lockout:"
-
-const makeRedisLockoutStore = (redis: Redis.Redis["Service"]): LockoutStore => ({
-  // SET NX PX first, so the key always carries its expiry; INCR keeps it
-  increment: (key, window) =>
-    Effect.andThen(
-      redis.send("SET", redisPrefix + key, "0", "PX", String(Duration.toMillis(window)), "NX"),
-      redis.send<number>("INCR", redisPrefix + key)
-    ).pipe(Effect.map(Number)),
-  block: (key, duration) =>
-    Effect.asVoid(redis.send("SET", `${redisPrefix}block:${key}`, "1", "PX", String(Duration.toMillis(duration)))),
-  isBlocked: (key) => Effect.map(redis.send<number>("EXISTS", `${redisPrefix}block:${key}`), (n) => Number(n) > 0)
-})
-
-// ---- the service ----------------------------------------------------------------------------------
 
 /** Keys carry a digest of the lower-cased username: bounded length, no address in the store. */
 const userKey = (username: string): string => {

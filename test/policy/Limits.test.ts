@@ -3,7 +3,14 @@ import { Duration, Effect, Fiber, Layer, Option } from "effect"
 import { RateLimiter } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import { recipientRule } from "../../src/policy/EnvelopePolicy.ts"
-import { authBlockDuration, authFailureWindow, Limits, makeLimits, makeMemoryLockoutStore } from "../../src/policy/Limits.ts"
+import {
+  authBlockDuration,
+  authFailureWindow,
+  Limits,
+  makeLimits,
+  makeMemoryLockoutStore,
+  memoryRateLimiterStore
+} from "../../src/policy/Limits.ts"
 import { configLayer, type TestEnv } from "../support/TestConfig.ts"
 
 const limits = (env: TestEnv = {}) => Limits.layerMemory.pipe(Layer.provide(configLayer(env)))
@@ -74,6 +81,37 @@ describe("Limits (memory)", () => {
       for (let i = 0; i < 6; i++) delays.push(Duration.toMillis((yield* l.recordAuthFailure("192.0.2.9", "alice")).delay))
       assert.deepStrictEqual(delays, [1000, 2000, 4000, 8000, 8000, 8000])
     }).pipe(Effect.provide(limits({ AUTH_FAILURE_LIMIT: "100", AUTH_FAILURE_DELAY: "1 second" }))))
+})
+
+describe("the rate limiter's memory store", () => {
+  const limiter = (capacity: number) => RateLimiter.layer.pipe(Layer.provide(memoryRateLimiterStore(capacity)))
+  /** One message for `key` at one a minute: true when it is let through. */
+  const consume = (key: string) =>
+    RateLimiter.RateLimiter.use((l) =>
+      l.consume({ key, limit: 1, window: "1 minute", algorithm: "fixed-window", onExceeded: "fail" })
+    ).pipe(Effect.as(true), Effect.catchReason("RateLimiterError", "RateLimitExceeded", () => Effect.succeed(false)))
+
+  it.effect("forgets the oldest counters once it holds `capacity` keys, a 64th of them at once", () =>
+    Effect.gen(function*() {
+      assert.isTrue(yield* consume("first"))
+      assert.isTrue(yield* consume("second"))
+      assert.isTrue(yield* consume("third"))
+      assert.isFalse(yield* consume("first"), "at its limit")
+      for (let i = 0; i < 126; i++) yield* consume(`other${i}`)
+      // 129 keys in a store of 128: the two oldest are forgotten, the third is still counted
+      assert.isFalse(yield* consume("third"))
+      assert.isTrue(yield* consume("first"))
+      assert.isTrue(yield* consume("second"))
+    }).pipe(Effect.provide(limiter(128))))
+
+  it.effect("drops counters whose window has passed before any live one", () =>
+    Effect.gen(function*() {
+      for (let i = 0; i < 127; i++) yield* consume(`old${i}`)
+      yield* TestClock.adjust("2 minutes")
+      assert.isTrue(yield* consume("live"))
+      assert.isTrue(yield* consume("new")) // the store is full: the 127 expired counters go
+      assert.isFalse(yield* consume("live"), "still counted")
+    }).pipe(Effect.provide(limiter(128))))
 })
 
 describe("recipient rules", () => {
