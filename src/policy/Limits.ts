@@ -196,7 +196,7 @@ export class Limits extends Context.Service<Limits, {
     Limits,
     Effect.gen(function*() {
       const redis = yield* Redis.Redis
-      return yield* makeLimits(makeRedisLockoutStore(redis))
+      return yield* makeLimits(makeRedisLockoutStore(redis), storeTimeout)
     })
   ).pipe(Layer.provide(RateLimiter.layer.pipe(Layer.provide(RateLimiter.layerStoreRedis({ prefix: "smtp-gateway:rate:" })))))
 }
@@ -222,16 +222,21 @@ const lockedOut = (scope: "pair" | "ip") =>
     Effect.fail(new AuthLockedOut({ scope }))
   )
 
-export const makeLimits = (lockouts: LockoutStore) =>
+/**
+ * `timeout` bounds each call to a store that can keep a client waiting (Redis); the memory stores
+ * answer at once and run without one (a race costs two fibers per call).
+ */
+export const makeLimits = (lockouts: LockoutStore, timeout?: Duration.Duration) =>
   Effect.gen(function*() {
     const { auth, limits } = yield* GatewayConfig
     const limiter = yield* RateLimiter.RateLimiter
     const isAllowlisted = makeCidrMatcher(limits.allowlistCidrs)
+    const bounded = <A, E, A2, E2>(effect: Effect.Effect<A, E>, orElse: () => Effect.Effect<A2, E2>) =>
+      timeout === undefined ? effect : Effect.timeoutOrElse(effect, { duration: timeout, orElse })
 
     /** A store failure is logged and treated as "no limit": availability first. */
     const orOpen = <A>(what: string, fallback: A) => (effect: Effect.Effect<A, Redis.RedisError | RateLimiter.RateLimiterError>) =>
-      effect.pipe(
-        Effect.timeoutOrElse({ duration: storeTimeout, orElse: () => Effect.fail(new Redis.RedisError({ cause: `${what} timed out` })) }),
+      bounded(effect, () => Effect.fail(new Redis.RedisError({ cause: `${what} timed out` }))).pipe(
         Effect.catch((error) =>
           Effect.as(Effect.logWarning(`limits store unavailable (${what}); letting the client through`, error), fallback)
         )
@@ -241,10 +246,7 @@ export const makeLimits = (lockouts: LockoutStore) =>
       limiter.consume({ key: `${scope}:${key}`, limit, window: "1 minute", algorithm: "fixed-window", onExceeded: "fail" }).pipe(
         Effect.asVoid,
         // a Redis client queues commands while it reconnects: without this, MAIL would wait for it
-        Effect.timeoutOrElse({
-          duration: storeTimeout,
-          orElse: () => Effect.logWarning("rate limiter store timed out; letting the message through")
-        }),
+        (effect) => bounded(effect, () => Effect.logWarning("rate limiter store timed out; letting the message through")),
         Effect.catchReason("RateLimiterError", "RateLimitExceeded", (exceeded) =>
           Effect.fail(new RateLimited({ scope, retryAfterSeconds: Duration.toSeconds(exceeded.retryAfter) }))),
         Effect.catchTag("RateLimiterError", (error) =>

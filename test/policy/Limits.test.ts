@@ -24,7 +24,7 @@ describe("Limits (memory)", () => {
         adaptiveConsume: () => Effect.never,
         adaptiveFeedback: () => Effect.never
       })
-      const l = yield* makeLimits(makeMemoryLockoutStore()).pipe(
+      const l = yield* makeLimits(makeMemoryLockoutStore(), Duration.seconds(1)).pipe(
         Effect.provideService(RateLimiter.RateLimiter, hanging),
         Effect.provide(configLayer())
       )
