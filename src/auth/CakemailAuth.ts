@@ -5,6 +5,7 @@
  * It does not cache principals: auth/Authenticator.ts does, until `expiresAt` at the latest.
  */
 import { Cache, Clock, Context, Duration, Effect, Exit, Layer, Option, Redacted } from "effect"
+import { setNewest } from "../BoundedMap.ts"
 import { type CakemailSender, CakemailApi, type TokenGrant, type TokenRefused } from "../cakemail/CakemailApi.ts"
 import { type Credentials, Principal } from "../domain/Principal.ts"
 import { Senders, SendersUnavailable } from "../policy/Senders.ts"
@@ -37,14 +38,7 @@ const makeCakemailCredentialStore = Effect.gen(function*() {
   const api = yield* CakemailApi
   const keyOf = makeCredentialKey()
   const grants = new Map<string, StoredGrant>()
-  const remember = (key: string, grant: StoredGrant) => {
-    grants.delete(key)
-    grants.set(key, grant)
-    if (grants.size > refreshCapacity) {
-      const oldest = grants.keys().next()
-      if (oldest.done !== true) grants.delete(oldest.value)
-    }
-  }
+  const remember = (key: string, grant: StoredGrant) => setNewest(grants, key, grant, refreshCapacity)
 
   const verify = Effect.fn("CakemailAuth.verify")(function*(credentials: Credentials) {
     const key = keyOf(credentials)

@@ -8,6 +8,7 @@ import * as crypto from "node:crypto"
 import { NodeRedis } from "@effect/platform-node"
 import { Clock, Context, Deferred, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
 import { Redis } from "effect/persistence"
+import { setNewest } from "../BoundedMap.ts"
 import { GatewayConfig } from "../Config.ts"
 
 /** What a successful call left behind: the answer a retry of it gets. */
@@ -110,22 +111,7 @@ const makeMemory = (options: WindowOptions & { readonly capacity?: number }) => 
   const done = new Map<string, string>()
   // in-flight claims: few and short, never evicted
   const pending = new Map<string, Pending>()
-  // evicting in batches: a Map's deleted entries stay in its table until it is rebuilt, and each
-  // walk from its start steps over them, so one eviction per write made a full window cost ~40 µs
-  // more per message (bench/dedupe-window.ts)
-  const evictionBatch = Math.max(1, Math.floor(capacity / 64))
   let tokens = 0
-
-  const record = (key: string, delivered: Delivered, expiresAt: number) => {
-    done.delete(key)
-    done.set(key, encodeDone(delivered, expiresAt))
-    if (done.size <= capacity) return
-    let evict = done.size - capacity + evictionBatch - 1
-    for (const oldest of done.keys()) {
-      if (evict-- <= 0) break
-      done.delete(oldest)
-    }
-  }
 
   const claimed = (key: string, token: number, settled: Deferred.Deferred<void>): Claim => {
     const ours = () => pending.get(key)?.token === token
@@ -135,7 +121,7 @@ const makeMemory = (options: WindowOptions & { readonly capacity?: number }) => 
         Effect.flatMap(Clock.currentTimeMillis, (now) =>
           Effect.sync(() => {
             if (ours()) pending.delete(key)
-            record(key, delivered, now + ttl)
+            setNewest(done, key, encodeDone(delivered, now + ttl), capacity)
             Deferred.doneUnsafe(settled, Effect.void)
           })),
       release: Effect.sync(() => {

@@ -8,6 +8,7 @@ import * as crypto from "node:crypto"
 import { NodeRedis } from "@effect/platform-node"
 import { Clock, Context, Duration, Effect, Layer, Metric, Option, Redacted, Schema } from "effect"
 import { RateLimiter, Redis } from "effect/persistence"
+import { setNewest } from "../BoundedMap.ts"
 import { GatewayConfig } from "../Config.ts"
 import { Replies } from "../domain/Reply.ts"
 import { authFailures } from "../observability/Metrics.ts"
@@ -63,27 +64,6 @@ export interface LockoutStore {
 /** Keys each memory store holds at most (lockout counters, blocks, rate counters). */
 const memoryCapacity = 100_000
 
-/**
- * Makes room in a full map before a new key goes in: expired entries go, then the oldest, until a
- * 64th of it is free, so the next walk over the map is that many new keys away (a walk per new key
- * would cost a scan of 100,000 entries on every AUTH failure of a flood from many addresses).
- */
-const makeRoom = <V>(map: Map<string, V>, expiresAt: (value: V) => number, now: number, capacity = memoryCapacity) => {
-  if (map.size < capacity) return
-  for (const [key, value] of map) if (expiresAt(value) <= now) map.delete(key)
-  const target = capacity - Math.max(1, Math.floor(capacity / 64))
-  for (const key of map.keys()) {
-    if (map.size <= target) break
-    map.delete(key)
-  }
-}
-
-/** Sets a key as the newest: a Map keeps a key's first place when it is set again. */
-const renew = <V>(map: Map<string, V>, key: string, value: V) => {
-  map.delete(key)
-  map.set(key, value)
-}
-
 export const makeMemoryLockoutStore = (): LockoutStore => {
   const counters = new Map<string, { count: number; expiresAt: number }>()
   const blocks = new Map<string, number>()
@@ -92,14 +72,13 @@ export const makeMemoryLockoutStore = (): LockoutStore => {
       Effect.map(Clock.currentTimeMillis, (now) => {
         const current = counters.get(key)
         if (current !== undefined && current.expiresAt > now) return ++current.count
-        makeRoom(counters, (c) => c.expiresAt, now)
-        renew(counters, key, { count: 1, expiresAt: now + Duration.toMillis(window) })
+        const counter = { count: 1, expiresAt: now + Duration.toMillis(window) }
+        setNewest(counters, key, counter, memoryCapacity, (c) => c.expiresAt <= now)
         return 1
       }),
     block: (key, duration) =>
       Effect.map(Clock.currentTimeMillis, (now) => {
-        makeRoom(blocks, (until) => until, now)
-        renew(blocks, key, now + Duration.toMillis(duration))
+        setNewest(blocks, key, now + Duration.toMillis(duration), memoryCapacity, (until) => until <= now)
       }),
     isBlocked: (key) =>
       Effect.map(Clock.currentTimeMillis, (now) => {
@@ -130,9 +109,8 @@ export const memoryRateLimiterStore = (capacity = memoryCapacity): Layer.Layer<R
           Effect.map(Clock.currentTimeMillis, (now) => {
             let counter = counters.get(key)
             if (counter === undefined || counter.expiresAt <= now) {
-              makeRoom(counters, (c) => c.expiresAt, now, capacity)
               counter = { count: 0, expiresAt: now }
-              renew(counters, key, counter)
+              setNewest(counters, key, counter, capacity, (c) => c.expiresAt <= now)
             }
             if (limit !== undefined && counter.count + tokens > limit) {
               return [counter.count + tokens, counter.expiresAt - now] as const
