@@ -106,7 +106,7 @@ describe("container image", () => {
     assert.isAtLeast(port, 1024)
   })
 
-  it("limits glibc's malloc arenas, as the benchmark runs it", () => {
+  it("limits glibc's malloc arenas to 2", () => {
     assert.match(dockerfile, /^\s+MALLOC_ARENA_MAX=2$/m)
   })
 

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Layer, Option } from "effect"
-import { RateLimiter } from "effect/persistence"
+import { Duration, Effect, Exit, Fiber, Layer, Option } from "effect"
+import { RateLimiter, Redis } from "effect/persistence"
 import { TestClock } from "effect/testing"
 import { recipientRule } from "../../src/policy/EnvelopePolicy.ts"
 import {
@@ -83,34 +83,54 @@ describe("Limits (memory)", () => {
     }).pipe(Effect.provide(limits({ AUTH_FAILURE_LIMIT: "100", AUTH_FAILURE_DELAY: "1 second" }))))
 })
 
+describe("Limits (Redis)", () => {
+  // a Redis client that never answers, as one reconnecting queues every command
+  const silent = Redis.Redis.of({
+    send: () => Effect.never,
+    eval: () => () => Effect.never,
+    subscribe: () => Effect.never
+  } as unknown as Redis.Redis["Service"])
+  const redisLimits = Limits.layerRedis.pipe(Layer.provide([configLayer(), Layer.succeed(Redis.Redis, silent)]))
+
+  it.effect("lets MAIL and AUTH through when Redis does not answer, each store call giving up after a second", () =>
+    Effect.gen(function*() {
+      const l = yield* Limits
+      // two counts (IP, user) and two block checks (IP, pair): 1 s each
+      const mail = yield* Effect.forkChild(l.consumeMessage("192.0.2.1", "alice"))
+      const auth = yield* Effect.forkChild(l.checkAuth("192.0.2.1", "alice"))
+      yield* TestClock.adjust("1999 millis")
+      assert.isUndefined(mail.pollUnsafe(), "MAIL still waiting")
+      assert.isUndefined(auth.pollUnsafe(), "AUTH still waiting")
+      yield* TestClock.adjust("1 millis")
+      assert.isTrue(Exit.isSuccess(mail.pollUnsafe()!), "MAIL let through")
+      assert.isTrue(Exit.isSuccess(auth.pollUnsafe()!), "AUTH let through")
+    }).pipe(Effect.provide(redisLimits)))
+})
+
 describe("the rate limiter's memory store", () => {
   const limiter = (capacity: number) => RateLimiter.layer.pipe(Layer.provide(memoryRateLimiterStore(capacity)))
-  /** One message for `key` at one a minute: true when it is let through. */
-  const consume = (key: string) =>
+  /** One message for `key` at one per `window`: true when it is let through. */
+  const consume = (key: string, window: Duration.Input = "1 minute") =>
     RateLimiter.RateLimiter.use((l) =>
-      l.consume({ key, limit: 1, window: "1 minute", algorithm: "fixed-window", onExceeded: "fail" })
+      l.consume({ key, limit: 1, window, algorithm: "fixed-window", onExceeded: "fail" })
     ).pipe(Effect.as(true), Effect.catchReason("RateLimiterError", "RateLimitExceeded", () => Effect.succeed(false)))
 
   it.effect("forgets the oldest counters once it holds `capacity` keys, a 64th of them at once", () =>
     Effect.gen(function*() {
-      assert.isTrue(yield* consume("first"))
-      assert.isTrue(yield* consume("second"))
-      assert.isTrue(yield* consume("third"))
-      assert.isFalse(yield* consume("first"), "at its limit")
-      for (let i = 0; i < 126; i++) yield* consume(`other${i}`)
-      // 129 keys in a store of 128: the two oldest are forgotten, the third is still counted
-      assert.isFalse(yield* consume("third"))
-      assert.isTrue(yield* consume("first"))
-      assert.isTrue(yield* consume("second"))
-    }).pipe(Effect.provide(limiter(128))))
+      for (let i = 0; i < 641; i++) yield* consume(`k${i}`)
+      // 641 keys in a store of 640: the 10 oldest are forgotten, the 11th is still counted (asked
+      // first: each key let through below is counted anew)
+      assert.isFalse(yield* consume("k10"))
+      for (let i = 9; i >= 0; i--) assert.isTrue(yield* consume(`k${i}`), `k${i} forgotten`)
+    }).pipe(Effect.provide(limiter(640))))
 
-  it.effect("drops counters whose window has passed before any live one", () =>
+  it.effect("drops counters whose window has passed before any live one, even an older one", () =>
     Effect.gen(function*() {
+      assert.isTrue(yield* consume("live", "1 hour"))
       for (let i = 0; i < 127; i++) yield* consume(`old${i}`)
       yield* TestClock.adjust("2 minutes")
-      assert.isTrue(yield* consume("live"))
       assert.isTrue(yield* consume("new")) // the store is full: the 127 expired counters go
-      assert.isFalse(yield* consume("live"), "still counted")
+      assert.isFalse(yield* consume("live", "1 hour"), "still counted")
     }).pipe(Effect.provide(limiter(128))))
 })
 
