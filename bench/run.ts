@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from
 import * as os from "node:os"
 import * as path from "node:path"
 import { largeMessage, type LoadResult, messageBytes, type MessageSource, openIdle, percentile, runLoad, textMessage } from "./loadgen.ts"
-import { cpuSecondsOf, freePort, pollRss, sleep, startChild, statusBytes, waitForPort } from "./lib/proc.ts"
+import { cpuSecondsOf, freePort, pollRss, sleep, startChild, startedWhen, statusBytes, waitForPort } from "./lib/proc.ts"
 import { summarizeProfile } from "./lib/profile.ts"
 import { gateway, responder, sink } from "./systems/node.ts"
 import { aiosmtpd, haraka, postfix } from "./systems/peers.ts"
@@ -69,7 +69,12 @@ const standins = startChild(process.execPath, ["--import", "tsx", path.join(repo
   cwd: repo,
   logFile: path.join(logDir, "standins.log")
 })
-await Promise.all([waitForPort(upstreamPort), waitForPort(slowPort), waitForPort(collectorPort), waitForPort(cakemailPort)])
+await startedWhen(
+  standins,
+  () => Promise.all([waitForPort(upstreamPort), waitForPort(slowPort), waitForPort(collectorPort), waitForPort(cakemailPort)]),
+  "the stand-ins",
+  logDir
+)
 
 const env: Environment = {
   repo,
@@ -271,10 +276,11 @@ const rows: ReadonlyArray<Row> = [
  * were still compiling through the measured pass and its msg/cpu-s read about a third lower than warm; the
  * peers gain too. A gateway runs for days, so the rows measure it warm. `--quick` warms a tenth as long.
  */
+const warmupPerConnection = 300 / (quick ? 10 : 1)
 const warmupOf = (row: Row): LoadShape => ({
   ...row.shape,
   connections: Math.min(10, row.shape.connections),
-  messagesPerConnection: (row.shape.newConnectionPerMessage ? 30 : 300) / (quick ? 10 : 1)
+  messagesPerConnection: row.shape.newConnectionPerMessage ? warmupPerConnection / 10 : warmupPerConnection
 })
 
 const startedAt = new Date().toISOString()
@@ -283,13 +289,13 @@ const loadAtStart = os.loadavg().map((l) => round(l))
 const settings = {
   soakMinutes,
   soakRate: soakRate ?? null,
-  mallocArenaMax: process.env.MALLOC_ARENA_MAX ?? null,
+  mallocArenaMax: process.env.MALLOC_ARENA_MAX,
   gatewayEnv: process.env.BENCH_GATEWAY_ENV ?? null,
   nodeFlags: process.env.BENCH_NODE_FLAGS ?? null
 }
 console.log(`smtp-gateway benchmark ${quick ? "(quick) " : ""}${startedAt}; ${os.cpus().length} CPUs, load average ${loadAtStart.join(" ")}, Node ${process.version}, MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX}; work dir ${work}`)
-if (settings.gatewayEnv !== null || settings.nodeFlags !== null) {
-  console.log(`  experiment: BENCH_GATEWAY_ENV=${JSON.stringify(settings.gatewayEnv ?? "")} BENCH_NODE_FLAGS=${JSON.stringify(settings.nodeFlags ?? "")}`)
+if (settings.gatewayEnv !== null || settings.nodeFlags !== null || settings.soakRate !== null) {
+  console.log(`  experiment: BENCH_GATEWAY_ENV=${JSON.stringify(settings.gatewayEnv ?? "")} BENCH_NODE_FLAGS=${JSON.stringify(settings.nodeFlags ?? "")} --soak-rate=${settings.soakRate ?? "(half the peak)"}`)
 }
 if ((loadAtStart[0] ?? 0) > os.cpus().length / 2) console.log("  warning: the machine is already busy; figures will be low and noisy")
 for (const [id, reason] of Object.entries(skipped)) console.log(`  (${id} not measured: ${reason})`)
@@ -321,7 +327,7 @@ const cakemailScenario = async () => {
   const running = await gateway.start(env, { mode: "tls", upstream: "cakemail" })
   try {
     // as long a warm-up in upstream calls as the other rows (10 calls per message)
-    await warmUp(running, { ...shape, messagesPerConnection: quick ? 3 : 30 }, `warm-cakemail-${stamp}`)
+    await warmUp(running, { ...shape, messagesPerConnection: warmupPerConnection / 10 }, `warm-cakemail-${stamp}`)
     const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, `cakemail-${stamp}`, 10)
     const emails = after.cakemailEmails - before.cakemailEmails
     record("cakemail-10rcpt", gateway, running, result, cpu, rssBefore, peak, undefined, { cakemailEmails: emails, recipientsPerSec: emails / result.wallSec })
@@ -600,8 +606,13 @@ const printTables = (t: ReadonlyArray<Target>) => {
   for (const target of t) console.log(`${target.met === null ? " ?  " : target.met ? "MET " : "MISS"}  ${target.target.padEnd(58)} ${target.measured}`)
 }
 
+// a scenario that fails (a warm-up that accepts nothing) ends the run, but what was measured before it
+// is still printed and saved
+let failure: unknown
 try {
   await main()
+} catch (error) {
+  failure = error
 } finally {
   await standins.stop()
 }
@@ -622,3 +633,4 @@ if (!profileMode) {
   }, null, 2) + "\n")
   console.log(`\nresults: ${path.relative(repo, file)}; logs: ${logDir}`)
 }
+if (failure !== undefined) throw failure

@@ -36,14 +36,19 @@ const listening = async (child: Child, port: number, options: StartOptions, what
   }
 }
 
-/** BENCH_GATEWAY_ENV="NAME=value ...": settings that override the gateway's benchmark settings (experiments). */
-const gatewayEnvOverrides = (): Record<string, string> =>
-  Object.fromEntries(
-    (process.env.BENCH_GATEWAY_ENV ?? "").split(" ").filter((pair) => pair.includes("=")).map((pair) => {
-      const at = pair.indexOf("=")
-      return [pair.slice(0, at), pair.slice(at + 1)]
-    })
-  )
+/**
+ * BENCH_GATEWAY_ENV="NAME=value ...": settings that override the gateway's benchmark settings
+ * (experiments), read once; a word without `=` stops the run rather than be dropped unseen.
+ */
+const gatewayEnvOverrides: Record<string, string> = Object.fromEntries(
+  (process.env.BENCH_GATEWAY_ENV ?? "").split(" ").filter(Boolean).map((pair) => {
+    const at = pair.indexOf("=")
+    if (at <= 0) throw new Error(`BENCH_GATEWAY_ENV: "${pair}" is not NAME=value`)
+    return [pair.slice(0, at), pair.slice(at + 1)]
+  })
+)
+/** BENCH_NODE_FLAGS: extra Node/V8 flags for the gateway (experiments). */
+const extraNodeFlags = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean)
 
 /** Creates the gateway's users file once (the CLI, as an operator would). */
 const usersFile = (env: Environment): string => {
@@ -99,7 +104,7 @@ export const gateway: System = {
     const dataDir = path.join(env.work, "gateway-data")
     mkdirSync(dataDir, { recursive: true })
     const cakemail = options.upstream === "cakemail"
-    const child = startChild(process.execPath, [...(options.nodeFlags ?? []), ...(process.env.BENCH_NODE_FLAGS?.split(" ").filter(Boolean) ?? []), path.join(env.repo, "bin/smtp-gateway.js"), "serve"], {
+    const child = startChild(process.execPath, [...(options.nodeFlags ?? []), ...extraNodeFlags, path.join(env.repo, "bin/smtp-gateway.js"), "serve"], {
       cwd: env.work,
       logFile: path.join(env.logDir, `gateway-${++instances}.log`),
       env: {
@@ -125,7 +130,7 @@ export const gateway: System = {
         MAX_CONNECTIONS_PER_IP: "20000",
         RATE_LIMIT_PER_IP: "1000000000",
         RATE_LIMIT_PER_USER: "1000000000",
-        ...gatewayEnvOverrides()
+        ...gatewayEnvOverrides
       }
     })
     await startedWhen(child, async () => {

@@ -42,7 +42,7 @@ export interface WindowOptions {
 }
 
 /** Memory entries kept at most; the oldest delivered ones go first. */
-const defaultCapacity = 100_000
+export const defaultCapacity = 100_000
 
 /** A Redis command that takes longer than this counts as failed: the window then fails open. */
 const redisTimeout = Duration.seconds(2)
@@ -89,10 +89,10 @@ interface Pending {
 }
 
 /**
- * A delivered entry as one string, `expiresAt at gatewayId upstreamId` (numbers in base 36): a full
- * window is 100,000 of these, and with them an entry takes ~230 bytes of heap where two objects and
- * their fields took ~400 (bench/dedupe-window.ts). Neither number nor a gateway id holds a space; the
- * upstream id comes last, as it is.
+ * A delivered entry as one string, `expiresAt at gatewayId upstreamId` (whole Clock milliseconds in
+ * base 36): a full window is 100,000 of these, and with them an entry takes ~230 bytes of heap where
+ * two objects and their fields took ~400 (bench/dedupe-window.ts). Neither number nor a gateway id
+ * holds a space; the upstream id comes last, as it is.
  */
 const encodeDone = (delivered: Delivered, expiresAt: number): string =>
   // join makes one flat string; a template literal makes a tree of a node per part, 4× the memory
