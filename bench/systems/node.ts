@@ -19,21 +19,21 @@ const cakemailUser = { user: "alice@example.test", pass: "alice-secret" }
 export const upstreamUrl = (env: Environment, options: StartOptions): string =>
   options.upstream === "slow" ? env.slowUpstreamUrl : env.upstreamUrl
 
-/**
- * Waits for a one-process system's port (stopping the child if it does not come up); the system wants
- * STARTTLS and AUTH as the bench user in TLS mode only.
- */
+/** A started system that takes the bench user's STARTTLS and AUTH in TLS mode only (every one but the gateway). */
+export const runningAs = (port: number, tls: boolean, pids: () => ReadonlyArray<number>, stop: () => Promise<void>): Running => ({
+  port,
+  pids,
+  starttls: tls,
+  auth: tls ? benchUser : undefined,
+  mailFrom: "sender@example.com",
+  note: undefined,
+  stop
+})
+
+/** Waits for a one-process system's port (stopping the child if it does not come up). */
 const listening = async (child: Child, port: number, options: StartOptions, what: string, logDir: string): Promise<Running> => {
   await startedWhen(child, () => waitForPort(port), what, logDir)
-  return {
-    port,
-    pids: () => [child.pid],
-    starttls: options.mode === "tls",
-    auth: options.mode === "tls" ? benchUser : undefined,
-    mailFrom: "sender@example.com",
-    note: undefined,
-    stop: async () => void (await child.stop())
-  }
+  return runningAs(port, options.mode === "tls", () => [child.pid], async () => void (await child.stop()))
 }
 
 /**

@@ -9,25 +9,14 @@ import { execFileSync } from "node:child_process"
 import { chmodSync, chownSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { type Child, freePort, processTree, startChild, startedWhen, waitForPort } from "../lib/proc.ts"
-import { benchUser, startSink, upstreamUrl } from "./node.ts"
+import { freePort, processTree, startChild, startedWhen, waitForPort } from "../lib/proc.ts"
+import { benchUser, runningAs, startSink, upstreamUrl } from "./node.ts"
 import type { Running, System } from "./types.ts"
 
 let instances = 0
 const python = "/usr/bin/python3"
 const harakaDir = process.env.BENCH_HARAKA_DIR ?? "/tmp/peers/haraka"
 const harakaBin = path.join(harakaDir, "node_modules/Haraka/bin/haraka")
-
-/** A peer started in its own process tree, logged in to (tls) as the benchmark's user. */
-const peerRunning = (port: number, child: Child, tls: boolean, stop: () => Promise<void>): Running => ({
-  port,
-  pids: () => processTree(child.pid),
-  starttls: tls,
-  auth: tls ? benchUser : undefined,
-  mailFrom: "sender@example.com",
-  note: undefined,
-  stop
-})
 
 const works = (command: string, args: ReadonlyArray<string>): boolean => {
   try {
@@ -89,7 +78,7 @@ export const haraka: System = {
       env: { ...process.env, NODE_PATH: path.join(harakaDir, "node_modules") }
     })
     await startedWhen(child, () => waitForPort(port), "Haraka", env.logDir)
-    return peerRunning(port, child, tls, async () => void (await child.stop()))
+    return runningAs(port, tls, () => processTree(child.pid), async () => void (await child.stop()))
   }
 }
 
@@ -218,6 +207,6 @@ export const postfix: System = {
     }
     await startedWhen(child, () => waitForPort(port), "Postfix", env.logDir, stop)
     // its processes: postfix ▸ postfix-script ▸ master ▸ smtpd, cleanup, qmgr, discard, ...
-    return peerRunning(port, child, tls, stop)
+    return runningAs(port, tls, () => processTree(child.pid), stop)
   }
 }
