@@ -60,6 +60,17 @@ const shareable = (bytes: Uint8Array): Uint8Array => {
   return shared
 }
 
+/**
+ * A parse worker's young generation (V8's nursery, where every short-lived object starts): 6 MB rather
+ * than V8's default of up to 48 MB. Decoding a large attachment makes one short-lived chunk after another,
+ * and with the default a worker let tens of MB of them pile up between collections, on top of the
+ * attachment itself. A small message's parse fills a fraction of it, so only large messages collect more
+ * often. Measured with `npm run bench -- --only=large-25mb --systems=gateway`: peak RSS growth for the
+ * 25 MB message 90-93 MB before, 81-87 MB after; tls-10x100's msg/cpu-s unchanged (431-505 before,
+ * 461-465 after, within its noise).
+ */
+const workerResourceLimits = { maxYoungGenerationSizeMb: 6 }
+
 interface PoolWorker {
   readonly worker: Worker
   /** Resolves true once the worker listens for jobs, false if it died first. */
@@ -92,7 +103,11 @@ const makeWorkerPool = (size: number, deadline: Duration.Input) =>
 
     const entry = workerEntry()
     const spawn = (): PoolWorker => {
-      const worker = new Worker(entry.code, { eval: entry.eval, workerData: { role: workerRole } })
+      const worker = new Worker(entry.code, {
+        eval: entry.eval,
+        workerData: { role: workerRole },
+        resourceLimits: workerResourceLimits
+      })
       worker.unref()
       all.add(worker)
       const ready = new Promise<boolean>((resolve) => {
