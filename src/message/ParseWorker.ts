@@ -58,15 +58,37 @@ const toAttachment = (data: AttachmentStream, content: Uint8Array): ParsedAttach
   }
 }
 
+/** Up to this size an attachment's bytes are copied into a buffer of their own, which reserves nothing more. */
+const ownBufferBelow = 64 * 1024
+
 /**
- * `bytes` as a Uint8Array that alone owns its ArrayBuffer, so it can be transferred to the main thread
- * instead of copied: a large Buffer.concat result already does (no copy); a small one shares Node's
- * buffer pool, and is copied out of it (a clone would otherwise carry the whole pool).
+ * An attachment's bytes, copied in as mailparser decodes them into memory reserved for the most they
+ * could be: a resizable ArrayBuffer reserves address space only, and the OS backs the pages written.
+ * Each decoded chunk is garbage once copied; collecting the chunks and concatenating them at the end
+ * held a large attachment twice, and its chunks until the worker next collected (measured with
+ * `npm run bench -- --only=large-25mb`: the worker's buffers peaked near 40 MB for 18 MB of attachments).
  */
-const ownedBytes = (bytes: Buffer): Uint8Array =>
-  bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer
-    ? new Uint8Array(bytes.buffer, 0, bytes.byteLength)
-    : new Uint8Array(bytes)
+export const contentCollector = (bound: number) => {
+  let buffer = new ArrayBuffer(0, { maxByteLength: Math.max(1, bound) })
+  let length = 0
+  return {
+    add: (chunk: Uint8Array): void => {
+      const end = length + chunk.byteLength
+      if (end <= buffer.maxByteLength) {
+        buffer.resize(end)
+      } else {
+        // past the bound (no transfer encoding decodes to more bytes than it takes, so never expected)
+        const larger = new ArrayBuffer(end, { maxByteLength: 2 * end })
+        new Uint8Array(larger).set(new Uint8Array(buffer, 0, length))
+        buffer = larger
+      }
+      new Uint8Array(buffer, length).set(chunk)
+      length = end
+    },
+    /** The bytes, in a buffer of exactly their length (transferable as a whole). */
+    done: (): Uint8Array => new Uint8Array(length < ownBufferBelow ? buffer.slice(0, length) : buffer)
+  }
+}
 
 /** The ArrayBuffers of a result that move to the main thread instead of being copied (attachment contents). */
 const transferablesOf = (outcome: ParseOutcome): Array<ArrayBuffer> =>
@@ -90,6 +112,8 @@ export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
     let text: string | null = null
     let html: string | null = null
     const attachments: Array<ParsedAttachment> = []
+    /** Bounds what the attachments still to come decode to: no encoding gives more bytes than it takes. */
+    let undecoded = bytes.byteLength
     const fail = (error: unknown) => {
       if (settled) return
       settled = true
@@ -108,11 +132,14 @@ export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
           if (typeof data.html === "string" && data.html !== "") html = data.html
         } else if (isAttachment(data)) {
           const attachment = data
-          const chunks: Array<Buffer> = []
-          attachment.content.on("data", (chunk: Buffer) => chunks.push(chunk))
+          // its content lies in what is left of the message after the attachments before it
+          const content = contentCollector(undecoded)
+          attachment.content.on("data", content.add)
           attachment.content.once("error", fail)
           attachment.content.once("end", () => {
-            attachments.push(toAttachment(attachment, ownedBytes(Buffer.concat(chunks))))
+            const bytes = content.done()
+            undecoded = Math.max(0, undecoded - bytes.byteLength)
+            attachments.push(toAttachment(attachment, bytes))
             attachment.release()
             read()
           })
