@@ -76,6 +76,9 @@ export interface ChaosUpstream {
   readonly reset: () => void
 }
 
+/** In a Message-ID, asks for a slow first answer (see `handle`). */
+export const slowMark = ".slow@"
+
 const zero: ChaosCounts = {
   requests: 0,
   error500: 0,
@@ -108,6 +111,8 @@ export const makeChaosUpstream = (faults: FaultShares = defaultFaults): Effect.E
     let droppedByKey = new Map<string, number>()
     let acceptedGatewayIds = new Set<string>()
     let nextId = 0
+    /** Calls of a message marked slow that were already answered slowly (once per Idempotency-Key). */
+    let slowed = new Set<string>()
 
     const store = (key: string, body: CanonicalBody): StoredMessage => {
       const message: StoredMessage = {
@@ -147,6 +152,13 @@ export const makeChaosUpstream = (faults: FaultShares = defaultFaults): Effect.E
           acceptedGatewayIds.add(body.id)
           return answer(200, { id: earlier.upstreamId })
         }
+      }
+      // a message marked slow: its first call per recipient waits out a Retry-After longer than an
+      // impatient client's patience, so that client hangs up in every round, not only by chance
+      if (body.message_id.includes(slowMark) && !slowed.has(key)) {
+        slowed.add(key)
+        counts = { ...counts, retryAfterShort: counts.retryAfterShort + 1 }
+        return answer(429, { detail: "slow down" }, { "retry-after": "1" })
       }
       let roll = Math.random()
       const hit = (share: number) => {
@@ -230,6 +242,7 @@ export const makeChaosUpstream = (faults: FaultShares = defaultFaults): Effect.E
         counts = { ...zero }
         stored = []
         byKey = new Map()
+        slowed = new Set()
         droppedByKey = new Map()
         acceptedGatewayIds = new Set()
       }

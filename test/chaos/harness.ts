@@ -9,7 +9,7 @@ import { Effect, Predicate } from "effect"
 import nodemailer from "nodemailer"
 import { transportOptions } from "../support/Clients.ts"
 import { alice } from "../support/TestGateway.ts"
-import type { ChaosCounts, ChaosUpstream, StoredMessage } from "./ChaosUpstream.ts"
+import { type ChaosCounts, type ChaosUpstream, slowMark, type StoredMessage } from "./ChaosUpstream.ts"
 
 export interface ChaosOptions {
   readonly messages: number
@@ -131,8 +131,11 @@ const sendAll = async (
       })
     )
     try {
+      // an impatient client's first message is answered slowly (ChaosUpstream's slowMark): it hangs up
+      let slow = impatient
       for (let n = queue.shift(); n !== undefined; n = queue.shift()) {
-        const messageId = `<${label}-${n}@chaos.test>`
+        const messageId = slow ? `<${label}-${n}${slowMark}chaos.test>` : `<${label}-${n}@chaos.test>`
+        slow = false
         const recipients = Array.from({ length: options.recipientsPerMessage }, (_, k) => `r${k}-${n}@example.net`)
         const raw = rawMessage(messageId, n, recipients)
         let queuedAs: string | undefined
