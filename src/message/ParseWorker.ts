@@ -69,7 +69,7 @@ const ownBufferBelow = 64 * 1024
  * `npm run bench -- --only=large-25mb`: the worker's buffers peaked near 40 MB for 18 MB of attachments).
  */
 export const contentCollector = (bound: number) => {
-  let buffer = new ArrayBuffer(0, { maxByteLength: Math.max(1, bound) })
+  let buffer = new ArrayBuffer(0, { maxByteLength: bound })
   let length = 0
   return {
     add: (chunk: Uint8Array): void => {

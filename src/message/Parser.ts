@@ -66,7 +66,7 @@ const shareable = (bytes: Uint8Array): Uint8Array => {
  * and with the default a worker let tens of MB of them pile up between collections, on top of the
  * attachment itself. A small message's parse fills a fraction of it, so only large messages collect more
  * often. Measured with `npm run bench -- --only=large-25mb --systems=gateway`: peak RSS growth for the
- * 25 MB message 90-93 MB before, 81-87 MB after; tls-10x100's msg/cpu-s unchanged (431-505 before,
+ * 25 MB message 90-93 MB before, 80-89 MB after; tls-10x100's msg/cpu-s unchanged (431-505 before,
  * 461-465 after, within its noise).
  */
 const workerResourceLimits = { maxYoungGenerationSizeMb: 6 }

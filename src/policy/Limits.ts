@@ -179,7 +179,6 @@ export class Limits extends Context.Service<Limits, {
   ).pipe(Layer.provide(RateLimiter.layer.pipe(Layer.provide(RateLimiter.layerStoreRedis({ prefix: "smtp-gateway:rate:" })))))
 }
 
-
 /** Keys carry a digest of the lower-cased username: bounded length, no address in the store. */
 const userKey = (username: string): string => {
   const known = userKeys.get(username)

@@ -1,14 +1,9 @@
 import { assert, describe, it } from "@effect/vitest"
 import { contentCollector, parseMail } from "../../src/message/ParseWorker.ts"
+import { withAttachment as messageWithAttachment } from "./fixtures.ts"
 
-/** A message with one base64 attachment of `content`. */
-const withAttachment = (content: Buffer): Uint8Array =>
-  new TextEncoder().encode(
-    "From: a@example.test\r\nSubject: attached\r\nMIME-Version: 1.0\r\n" +
-      "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n" +
-      "--b\r\nContent-Type: application/octet-stream; name=a.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
-      `${(content.toString("base64").match(/.{1,76}/g) ?? []).join("\r\n")}\r\n--b--\r\n`
-  )
+/** A message with one base64 attachment of `content`, as the worker gets it. */
+const withAttachment = (content: Buffer): Uint8Array => new TextEncoder().encode(messageWithAttachment(content))
 
 const patterned = (size: number): Buffer => Buffer.from(Array.from({ length: size }, (_, i) => (i * 31 + 7) & 0xff))
 

@@ -3,6 +3,7 @@ import { Effect } from "effect"
 import { readFileSync } from "node:fs"
 import type { ReceivedMessage } from "../../src/domain/Message.ts"
 import { Parser } from "../../src/message/Parser.ts"
+import { withAttachment } from "./fixtures.ts"
 
 /** A fixture from test/fixtures/messages, as the gateway would have received it. */
 const fixture = (name: string): Uint8Array =>
@@ -125,13 +126,7 @@ layer(Parser.layer)("Parser", (it) => {
     Effect.gen(function*() {
       const content = Buffer.alloc(16 * 1024 * 1024)
       for (let i = 0; i < content.length; i += 4) content.writeUInt32LE((i * 2654435761) >>> 0, i)
-      const encoded = (content.toString("base64").match(/.{1,76}/g) ?? []).join("\r\n")
-      const parsed = yield* parse(
-        "From: a@example.test\r\nSubject: large\r\nMIME-Version: 1.0\r\n" +
-          "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n" +
-          "--b\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
-          `${encoded}\r\n--b--\r\n`
-      )
+      const parsed = yield* parse(withAttachment(content))
       assert.strictEqual(parsed.attachments.length, 1)
       assert.strictEqual(parsed.attachments[0]!.size, content.length)
       assert.isTrue(Buffer.from(parsed.attachments[0]!.content).equals(content))
