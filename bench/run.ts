@@ -340,30 +340,45 @@ const cakemailScenario = async () => {
   }
 }
 
+/**
+ * Fresh processes per system for the 25 MB row. Its peak depends on when V8 happens to collect the
+ * receive buffers and the parse worker's decoded chunks, so one run alone misleads (the gateway grew by
+ * 75 to 110 MB in seven runs of one session): the row keeps the worst run, and prints each.
+ */
+const largeRuns = quick ? 1 : 3
+
 const largeScenario = async () => {
   const size = 25_000_000
-  console.log(`\n== one ${(size / 1e6).toFixed(0)} MB message with attachments (STARTTLS + AUTH)`)
+  console.log(`\n== one ${(size / 1e6).toFixed(0)} MB message with attachments (STARTTLS + AUTH), ${largeRuns} run${largeRuns === 1 ? "" : "s"}, each in a fresh process`)
   for (const system of systems.filter((s) => s.id === "gateway" || s.id === "sink")) {
-    const running = await system.start(env, { mode: "tls", upstream: "fast" })
-    try {
-      // a few small messages open the pools and the workers; this row measures memory, not speed
-      await warmUp(running, { connections: 1, messagesPerConnection: 3, newConnectionPerMessage: false, recipients: one, message: text4k(one) }, `warm-large-${stamp}`)
-      await sleep(500)
-      const source = largeMessage({ size, from: running.mailFrom, to: one, tag: `large-${system.id}-${stamp}` })
-      const bytes = messageBytes(source)
-      const shape: LoadShape = { connections: 1, messagesPerConnection: 1, newConnectionPerMessage: false, recipients: one, message: () => source }
-      const { result, cpu, rssBefore, peak, before, after } = await measured(running, shape, "large", 5)
-      const growth = peak - rssBefore
-      record("large-25mb", system, running, result, cpu, rssBefore, peak, after.requests - before.requests, {
-        messageBytes: bytes,
-        rssGrowthMB: mb(growth),
-        growthPerMessageSize: growth / bytes,
-        upstreamBodyBytes: after.maxBody
-      })
-      console.log(`  ${system.id}: message ${fmt(mb(bytes))} MB, RSS ${fmt(mb(rssBefore), 0)} → peak ${fmt(mb(peak), 0)} MB: growth ${fmt(mb(growth))} MB = ${fmt(growth / bytes, 2)}× the message`)
-    } finally {
-      await running.stop()
+    const runs: Array<Measured & { readonly bytes: number; readonly growth: number; readonly running: Running }> = []
+    for (let run = 0; run < largeRuns; run++) {
+      const running = await system.start(env, { mode: "tls", upstream: "fast" })
+      try {
+        // a few small messages open the pools and the workers; this row measures memory, not speed
+        await warmUp(running, { connections: 1, messagesPerConnection: 3, newConnectionPerMessage: false, recipients: one, message: text4k(one) }, `warm-large-${run}-${stamp}`)
+        await sleep(500)
+        const source = largeMessage({ size, from: running.mailFrom, to: one, tag: `large-${system.id}-${run}-${stamp}` })
+        const bytes = messageBytes(source)
+        const shape: LoadShape = { connections: 1, messagesPerConnection: 1, newConnectionPerMessage: false, recipients: one, message: () => source }
+        const m = await measured(running, shape, "large", 5)
+        const growth = m.peak - m.rssBefore
+        runs.push({ ...m, bytes, growth, running })
+        console.log(`  ${system.id} run ${run + 1}: message ${fmt(mb(bytes))} MB, RSS ${fmt(mb(m.rssBefore), 0)} → peak ${fmt(mb(m.peak), 0)} MB: growth ${fmt(mb(growth))} MB = ${fmt(growth / bytes, 2)}× the message`)
+      } finally {
+        await running.stop()
+      }
     }
+    const growths = runs.map((r) => r.growth).sort((a, b) => a - b)
+    const worst = runs.reduce((a, b) => b.growth > a.growth ? b : a)
+    record("large-25mb", system, worst.running, worst.result, worst.cpu, worst.rssBefore, worst.peak, worst.after.requests - worst.before.requests, {
+      messageBytes: worst.bytes,
+      rssGrowthMB: mb(worst.growth),
+      growthPerMessageSize: worst.growth / worst.bytes,
+      growthRunsMB: runs.map((r) => mb(r.growth)),
+      medianGrowthMB: mb(growths[Math.floor(growths.length / 2)]!),
+      upstreamBodyBytes: worst.after.maxBody
+    })
   }
 }
 
@@ -582,8 +597,9 @@ const targets = (): Array<Target> => {
   }
   const large = get("large-25mb", "gateway")
   if (large?.extra) {
-    const e = large.extra as { growthPerMessageSize: number; rssGrowthMB: number }
-    out.push({ target: "25 MB message: peak RSS growth ≤ 3× its size", measured: `${fmt(e.rssGrowthMB)} MB = ${fmt(e.growthPerMessageSize, 2)}×`, met: e.growthPerMessageSize <= 3 })
+    const e = large.extra as { growthPerMessageSize: number; rssGrowthMB: number; growthRunsMB: ReadonlyArray<number> }
+    const runs = e.growthRunsMB.length > 1 ? ` (worst of ${e.growthRunsMB.map((g) => fmt(g)).join(", ")} MB)` : ""
+    out.push({ target: "25 MB message: peak RSS growth ≤ 3× its size", measured: `${fmt(e.rssGrowthMB)} MB = ${fmt(e.growthPerMessageSize, 2)}×${runs}`, met: e.growthPerMessageSize <= 3 })
   }
   return out
 }
