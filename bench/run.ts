@@ -369,14 +369,14 @@ const largeScenario = async () => {
         await running.stop()
       }
     }
-    const growths = runs.map((r) => r.growth).sort((a, b) => a - b)
-    const worst = runs.reduce((a, b) => b.growth > a.growth ? b : a)
+    const byGrowth = [...runs].sort((a, b) => a.growth - b.growth)
+    const worst = byGrowth[byGrowth.length - 1]!
     record("large-25mb", system, worst.running, worst.result, worst.cpu, worst.rssBefore, worst.peak, worst.after.requests - worst.before.requests, {
       messageBytes: worst.bytes,
       rssGrowthMB: mb(worst.growth),
       growthPerMessageSize: worst.growth / worst.bytes,
       growthRunsMB: runs.map((r) => mb(r.growth)),
-      medianGrowthMB: mb(growths[Math.floor(growths.length / 2)]!),
+      medianGrowthMB: mb(byGrowth[Math.floor(byGrowth.length / 2)]!.growth),
       upstreamBodyBytes: worst.after.maxBody
     })
   }
