@@ -1,8 +1,11 @@
 /**
  * The parse worker: runs in a `worker_threads` thread (Parser.ts keeps a pool of them), so a hostile
  * message costs that thread's time, never the event loop's. Per job: MIME limits first
- * (MimeLimits.ts), then mailparser's streaming MailParser. Imported by Parser.ts for types only.
+ * (MimeLimits.ts), then mailparser's streaming MailParser, which reads every header and part but
+ * leaves the plain base64 bodies of attachments to this module (`parseMail`). Imported by Parser.ts
+ * for types only.
  */
+import * as crypto from "node:crypto"
 import { isMainThread, parentPort, workerData } from "node:worker_threads"
 import {
   type AttachmentStream,
@@ -10,7 +13,7 @@ import {
   MailParser
 } from "mailparser"
 import type { ParsedAttachment } from "../domain/Message.ts"
-import { checkMimeLimits, type MimeLimitOptions } from "./MimeLimits.ts"
+import { type BodyRange, type MimeLimitOptions, scanMime } from "./MimeLimits.ts"
 
 /** `workerData.role` of a parse worker (anything else imports this module for its types). */
 export const workerRole = "smtp-gateway/message/ParseWorker"
@@ -103,8 +106,14 @@ const transferablesOf = (outcome: ParseOutcome): Array<ArrayBuffer> =>
 /** How much of a message mailparser is given at a time. */
 const feedSliceBytes = 64 * 1024
 
-/** Runs mailparser's streaming MailParser over `bytes`; the first error of any stream rejects the message. */
-export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
+/**
+ * Runs mailparser's streaming MailParser over `bytes`; the first error of any stream rejects the message.
+ * `contentOf` may give an attachment other bytes than those mailparser decoded (see `parseMail`).
+ */
+const readMail = (
+  bytes: Uint8Array,
+  contentOf: (decoded: Uint8Array) => Uint8Array = (decoded) => decoded
+): Promise<MailParts> =>
   new Promise((resolve, reject) => {
     const parser = new MailParser({ skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true })
     let settled = false
@@ -137,9 +146,9 @@ export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
           attachment.content.on("data", content.add)
           attachment.content.once("error", fail)
           attachment.content.once("end", () => {
-            const bytes = content.done()
-            undecoded = Math.max(0, undecoded - bytes.byteLength)
-            attachments.push(toAttachment(attachment, bytes))
+            const decoded = content.done()
+            undecoded = Math.max(0, undecoded - decoded.byteLength)
+            attachments.push(toAttachment(attachment, contentOf(decoded)))
             attachment.release()
             read()
           })
@@ -180,13 +189,139 @@ export const parseMail = (bytes: Uint8Array): Promise<MailParts> =>
     feed()
   })
 
-const runJob = async (job: ParseJob): Promise<ParseOutcome> => {
-  if (job.limits !== undefined) {
-    const violation = checkMimeLimits(job.bytes, job.limits)
-    if (violation !== undefined) return { _tag: "Refused", reason: violation.reason }
+
+// ---- plain base64 bodies, decoded here ----------------------------------------------------------------
+
+/** What each byte is in a base64 body: 0 anything else, 1 a base64 character, 2 a line break, 3 `=`. */
+const base64Class = new Uint8Array(256)
+for (const c of "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") base64Class[c.charCodeAt(0)] = 1
+base64Class[0x0d] = base64Class[0x0a] = 2
+base64Class[0x3d] = 3
+
+/** Characters decoded at a time: 48 KiB of bytes from a string small enough for V8's young generation. */
+const decodeWindowChars = 64 * 1024
+
+/** A base64 body that decodes exactly as mailparser would decode it, and how to decode it. */
+export interface PlainBase64 {
+  readonly range: BodyRange
+  /** The decoded size. */
+  readonly size: number
+  /** Where each window but the last ends: after a whole number of 4-character groups. */
+  readonly cuts: ReadonlyArray<number>
+}
+
+/**
+ * The body at `range` when it is plain base64 (only the alphabet and line breaks, its one or two `=`
+ * at the very end, a multiple of 4 characters in all: what mail programs write), else `undefined`
+ * and mailparser decodes it, with the leniency it has for anything else.
+ */
+export const plainBase64 = (raw: Uint8Array, range: BodyRange): PlainBase64 | undefined => {
+  const cuts: Array<number> = []
+  let chars = 0
+  let padding = 0
+  let windowStart = range.start
+  for (let i = range.start, end = range.end; i < end; i++) {
+    const kind = base64Class[raw[i]!]!
+    if (kind === 1 && padding === 0) {
+      chars++
+    } else if (kind === 3 && padding < 2) {
+      padding++
+      chars++
+    } else if (kind === 2) {
+      continue
+    } else {
+      return undefined
+    }
+    if ((chars & 3) === 0 && i + 1 - windowStart >= decodeWindowChars) {
+      cuts.push(i + 1)
+      windowStart = i + 1
+    }
   }
+  if ((chars & 3) !== 0) return undefined
+  return { range, size: (chars / 4) * 3 - padding, cuts }
+}
+
+/**
+ * The body's bytes, decoded window by window into one buffer of exactly their length (no chunk to
+ * collect later); `undefined` should Node decode another length than `plainBase64` counted.
+ */
+export const decodePlainBase64 = (raw: Uint8Array, body: PlainBase64): Uint8Array | undefined => {
+  const source = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)
+  const target = Buffer.from(new ArrayBuffer(body.size))
+  let written = 0
+  let from = body.range.start
+  for (const to of [...body.cuts, body.range.end]) {
+    written += target.write(source.toString("latin1", from, to), written, "base64")
+    from = to
+  }
+  return written === body.size ? new Uint8Array(target.buffer) : undefined
+}
+
+/** Bytes in a stand-in: a random tag of the parse and the body's index. */
+const tagBytes = 12
+
+/**
+ * The message with each plain base64 body replaced by a stand-in: the base64 of a tag made for this
+ * parse and the body's index. An attachment whose content mailparser reads back as a stand-in is
+ * exactly that body, whatever mailparser made of the structure around it.
+ */
+const withStandIns = (raw: Uint8Array, bodies: ReadonlyArray<PlainBase64>) => {
+  const source = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)
+  const tag = crypto.randomBytes(tagBytes)
+  const pieces: Array<Uint8Array> = []
+  let at = 0
+  bodies.forEach(({ range }, index) => {
+    const standIn = Buffer.alloc(tagBytes + 4)
+    tag.copy(standIn)
+    standIn.writeUInt32BE(index, tagBytes)
+    pieces.push(source.subarray(at, range.start), Buffer.from(standIn.toString("base64"), "latin1"))
+    at = range.end
+  })
+  pieces.push(source.subarray(at))
+  return {
+    message: new Uint8Array(Buffer.concat(pieces)),
+    /** The index of the body `content` stands in for; `undefined` when it is no stand-in. */
+    indexOf: (content: Uint8Array): number | undefined =>
+      content.byteLength === tagBytes + 4 && tag.equals(content.subarray(0, tagBytes))
+        ? Buffer.from(content.buffer, content.byteOffset + tagBytes, 4).readUInt32BE(0)
+        : undefined
+  }
+}
+
+/**
+ * mailparser over `bytes`, except that the plain base64 bodies among `base64Bodies` (MimeLimits.ts
+ * finds them) are decoded here, each into one buffer of its exact size: mailparser decodes base64 in
+ * chunks of ~48 KB, which outlive the young generation and stay in memory until a full collection,
+ * and splits the body line by line on the way. mailparser reads the message with stand-ins for those
+ * bodies; should it not give back every stand-in as one attachment's content, exactly once, the message
+ * is read again as it is, entirely by mailparser.
+ */
+export const parseMail = async (bytes: Uint8Array, base64Bodies: ReadonlyArray<BodyRange> = []): Promise<MailParts> => {
+  const plain = base64Bodies.flatMap((range) => plainBase64(bytes, range) ?? [])
+  if (plain.length === 0) return readMail(bytes)
+  const standIns = withStandIns(bytes, plain)
+  const seen = new Array<boolean>(plain.length).fill(false)
+  let agrees = true
+  const parts = await readMail(standIns.message, (decoded) => {
+    const index = standIns.indexOf(decoded)
+    if (index === undefined || !agrees) return decoded
+    if (index >= plain.length || seen[index]) {
+      agrees = false
+      return decoded
+    }
+    seen[index] = true
+    const content = decodePlainBase64(bytes, plain[index]!)
+    if (content === undefined) agrees = false
+    return content ?? decoded
+  })
+  return agrees && seen.every(Boolean) ? parts : readMail(bytes)
+}
+
+const runJob = async (job: ParseJob): Promise<ParseOutcome> => {
+  const scan = job.limits === undefined ? undefined : scanMime(job.bytes, job.limits)
+  if (scan?.violation !== undefined) return { _tag: "Refused", reason: scan.violation.reason }
   try {
-    return { _tag: "Parsed", parts: await parseMail(job.bytes) }
+    return { _tag: "Parsed", parts: await parseMail(job.bytes, scan?.base64Bodies) }
   } catch {
     return { _tag: "Unparseable" }
   }

@@ -2,7 +2,7 @@ import { monitorEventLoopDelay } from "node:perf_hooks"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import type { ReceivedMessage } from "../../src/domain/Message.ts"
-import { checkMimeLimits, defaultMimeLimits, type MimeLimitOptions } from "../../src/message/MimeLimits.ts"
+import { defaultMimeLimits, type MimeLimitOptions, scanMime } from "../../src/message/MimeLimits.ts"
 import { Parser } from "../../src/message/Parser.ts"
 import { parseMail } from "../../src/message/ParseWorker.ts"
 
@@ -40,41 +40,41 @@ const bytes = (text: string) => new TextEncoder().encode(text)
 
 describe("MIME limits", () => {
   it("passes a message within every limit", () => {
-    assert.isUndefined(checkMimeLimits(bytes(multipart(4)), small))
-    assert.isUndefined(checkMimeLimits(bytes(nested(3)), small))
+    assert.isUndefined(scanMime(bytes(multipart(4)), small).violation)
+    assert.isUndefined(scanMime(bytes(nested(3)), small).violation)
   })
 
   it("reads a header line without a colon as a field of its own, not as the next line's", () => {
     const text = `From: a@example.test${CRLF}Content-Type: multipart/mixed; boundary="b"${CRLF}${CRLF}` +
       `--b${CRLF}no colon here${CRLF}Content-Type: multipart/mixed; boundary="c"${CRLF}${CRLF}--c${CRLF}${CRLF}x${CRLF}--c--${CRLF}--b--${CRLF}`
     // the inner multipart is still seen (depth 3), so a depth limit of 2 refuses the message
-    assert.strictEqual(checkMimeLimits(bytes(text), { ...small, maxDepth: 2 })?.limit, "depth")
-    assert.isUndefined(checkMimeLimits(bytes(text), small))
+    assert.strictEqual(scanMime(bytes(text), { ...small, maxDepth: 2 }).violation?.limit, "depth")
+    assert.isUndefined(scanMime(bytes(text), small).violation)
   })
 
   it("counts MIME parts, the message itself included", () => {
-    assert.strictEqual(checkMimeLimits(bytes(multipart(5)), small)?.limit, "parts")
+    assert.strictEqual(scanMime(bytes(multipart(5)), small).violation?.limit, "parts")
   })
 
   it("measures nesting through multiparts and unencoded message/rfc822 parts", () => {
-    assert.strictEqual(checkMimeLimits(bytes(nested(4)), small)?.limit, "depth")
+    assert.strictEqual(scanMime(bytes(nested(4)), small).violation?.limit, "depth")
     const rfc822 = `From: a@example.test${CRLF}Content-Type: message/rfc822${CRLF}${CRLF}` +
       `Subject: inner${CRLF}Content-Type: message/rfc822${CRLF}${CRLF}Subject: inner 2${CRLF}Content-Type: message/rfc822${CRLF}${CRLF}x${CRLF}`
-    assert.strictEqual(checkMimeLimits(bytes(rfc822), small)?.limit, "depth")
+    assert.strictEqual(scanMime(bytes(rfc822), small).violation?.limit, "depth")
   })
 
   it("limits the size and the field count of every header section", () => {
     const big = `From: a@example.test${CRLF}X-Big: ${"v".repeat(900)}${CRLF} ${"v".repeat(900)}${CRLF} ${"v".repeat(900)}${CRLF}${CRLF}x${CRLF}`
-    assert.strictEqual(checkMimeLimits(bytes(big), small)?.limit, "header-size")
+    assert.strictEqual(scanMime(bytes(big), small).violation?.limit, "header-size")
     const many = Array.from({ length: 11 }, (_, i) => `X-${i}: v`).join(CRLF) + `${CRLF}${CRLF}x${CRLF}`
-    assert.strictEqual(checkMimeLimits(bytes(many), small)?.limit, "headers")
+    assert.strictEqual(scanMime(bytes(many), small).violation?.limit, "headers")
     const inPart = `Content-Type: multipart/mixed; boundary="b"${CRLF}${CRLF}--b${CRLF}` +
       Array.from({ length: 11 }, (_, i) => `X-${i}: v`).join(CRLF) + `${CRLF}${CRLF}x${CRLF}--b--${CRLF}`
-    assert.strictEqual(checkMimeLimits(bytes(inPart), small)?.limit, "headers")
+    assert.strictEqual(scanMime(bytes(inPart), small).violation?.limit, "headers")
   })
 
   it("limits the length of any line, body lines included", () => {
-    assert.strictEqual(checkMimeLimits(bytes(`Subject: x${CRLF}${CRLF}${"y".repeat(1001)}${CRLF}`), small)?.limit, "line-length")
+    assert.strictEqual(scanMime(bytes(`Subject: x${CRLF}${CRLF}${"y".repeat(1001)}${CRLF}`), small).violation?.limit, "line-length")
   })
 })
 

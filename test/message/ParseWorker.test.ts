@@ -1,11 +1,69 @@
+import { readFileSync } from "node:fs"
 import { assert, describe, it } from "@effect/vitest"
-import { contentCollector, parseMail } from "../../src/message/ParseWorker.ts"
+import { type BodyRange, defaultMimeLimits, scanMime } from "../../src/message/MimeLimits.ts"
+import { contentCollector, type MailParts, parseMail, plainBase64 } from "../../src/message/ParseWorker.ts"
 import { withAttachment as messageWithAttachment } from "./fixtures.ts"
 
 /** A message with one base64 attachment of `content`, as the worker gets it. */
 const withAttachment = (content: Buffer): Uint8Array => new TextEncoder().encode(messageWithAttachment(content))
 
 const patterned = (size: number): Buffer => Buffer.from(Array.from({ length: size }, (_, i) => (i * 31 + 7) & 0xff))
+
+const bytesOf = (text: string): Uint8Array => new Uint8Array(Buffer.from(text, "latin1"))
+
+/** Where MimeLimits' pass finds base64 attachment bodies. */
+const bodiesOf = (raw: Uint8Array): ReadonlyArray<BodyRange> => {
+  const scan = scanMime(raw, defaultMimeLimits)
+  if (scan.violation !== undefined) throw new Error(scan.violation.reason)
+  return scan.base64Bodies
+}
+
+/** The message as the worker reads it (its own decoding of plain base64), and as mailparser alone reads it. */
+const bothWays = async (raw: Uint8Array): Promise<{ readonly own: MailParts; readonly mailparser: MailParts }> => ({
+  own: await parseMail(raw, bodiesOf(raw)),
+  mailparser: await parseMail(raw)
+})
+
+/** The buffer an attachment collected from mailparser's chunks lives in, past 64 KiB, is resizable; one decoded here is not. */
+const decodedHere = (content: Uint8Array): boolean => !(content.buffer as ArrayBuffer).resizable
+
+const lines = (base64: string, width: number): string => (base64.match(new RegExp(`.{1,${width}}`, "g")) ?? []).join("\r\n")
+
+const part = (headers: string, body: string): string => `${headers}\r\n\r\n${body}\r\n`
+
+/** A message with every kind of part the worker's own decoding must read exactly as mailparser does. */
+/** A forwarded message, with an attachment of its own. */
+const inner = (): string =>
+  "From: c@example.test\r\nSubject: forwarded\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n" +
+  "--in\r\n" + part("Content-Type: text/plain", "inner text") +
+  "--in\r\n" + part("Content-Type: image/gif; name=in.gif\r\nContent-Transfer-Encoding: base64", lines(patterned(900).toString("base64"), 76)) +
+  "--in--"
+
+const mixedBag = (): string => {
+  const pdf = patterned(100_000)
+  const png = patterned(3_000).reverse()
+  const csv = Buffer.from("a,b\r\n1,2\r\n".repeat(500))
+  const zip = Buffer.from(patterned(45_000).map((b) => b ^ 0x5a))
+  return "From: a@example.test\r\nTo: b@example.test\r\nSubject: a mixed bag\r\nMIME-Version: 1.0\r\n" +
+    "Content-Type: multipart/mixed; boundary=\"outer b\"\r\n\r\npreamble\r\n" +
+    "--outer b\r\nContent-Type: multipart/related; boundary=rel\r\n\r\n" +
+    "--rel\r\nContent-Type: multipart/alternative; boundary=alt\r\n\r\n" +
+    "--alt\r\n" + part("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64", lines(Buffer.from("héllo").toString("base64"), 76)) +
+    "--alt\r\n" + part("Content-Type: text/html", "<p>hello <img src=\"cid:logo\"></p>") +
+    "--alt--\r\n" +
+    "--rel\r\n" + part("Content-Type: image/png\r\nContent-ID: <logo>\r\nContent-Transfer-Encoding: base64", lines(png.toString("base64"), 76)) +
+    "--rel--\r\n" +
+    "--outer b\r\n" + part("Content-Type: application/pdf; name=report.pdf\r\nContent-Disposition: attachment; filename=report.pdf\r\nContent-Transfer-Encoding: BASE64", lines(pdf.toString("base64"), 75)) +
+    "--outer b\r\n" + part("Content-Type: text/csv; name=data.csv\r\nContent-Transfer-Encoding: base64", lines(csv.toString("base64"), 76)) +
+    "--outer b\r\n" + part("Content-Type: application/zip; name=one-line.zip\r\nContent-Transfer-Encoding: base64", zip.toString("base64")) +
+    "--outer b\r\n" + part("Content-Type: application/octet-stream; name=qp.bin\r\nContent-Transfer-Encoding: quoted-printable", "a=3Db=\r\nc") +
+    "--outer b\r\n" + part("Content-Type: application/octet-stream; name=spaced.bin\r\nContent-Transfer-Encoding: base64", "QUJD REVG\r\nR0hJ") +
+    "--outer b\r\n" + part("Content-Type: application/octet-stream; name=padded-twice.bin\r\nContent-Transfer-Encoding: base64", "QQ==QQ==") +
+    "--outer b\r\n" + part("Content-Type: application/octet-stream; name=empty.bin\r\nContent-Transfer-Encoding: base64", "") +
+    "--outer b\r\n" + part("Content-Type: message/rfc822", inner()) +
+    "--outer b\r\n" + part("Content-Type: application/pdf; name=after.pdf\r\nContent-Transfer-Encoding: base64", lines(patterned(500).toString("base64"), 76)) +
+    "--outer b--\r\nepilogue\r\n"
+}
 
 describe("ParseWorker", () => {
   it("writes a large attachment in place, in a buffer of exactly its bytes reserved within the message's size", async () => {
@@ -37,5 +95,91 @@ describe("ParseWorker", () => {
     const bytes = collector.done()
     assert.isTrue(Buffer.from(bytes).equals(Buffer.concat(chunks)))
     assert.strictEqual(bytes.buffer.byteLength, bytes.byteLength)
+  })
+
+  describe("decodes plain base64 attachment bodies itself", () => {
+    it("reads a message with every kind of part exactly as mailparser does", async () => {
+      const raw = bytesOf(mixedBag())
+      const { mailparser, own } = await bothWays(raw)
+      assert.deepStrictEqual(own, mailparser)
+      assert.deepStrictEqual(
+        own.attachments.map((a) => [a.filename, a.size]),
+        [
+          [null, 3000],
+          ["report.pdf", 100_000],
+          ["data.csv", 5000],
+          ["one-line.zip", 45_000],
+          ["qp.bin", 4],
+          ["spaced.bin", 9],
+          ["padded-twice.bin", 2],
+          ["empty.bin", 0],
+          [null, inner().length], // message/rfc822: one attachment, the gif inside it included
+          ["after.pdf", 500]
+        ]
+      )
+      assert.strictEqual(Buffer.from(own.attachments[8]!.content).toString("latin1"), inner())
+      // every plain base64 body was decoded here: none of them was read again by mailparser alone
+      assert.isTrue(decodedHere(own.attachments[1]!.content))
+      assert.isFalse(decodedHere(mailparser.attachments[1]!.content))
+    })
+
+    it("notes the base64 bodies of attachments, from the first base64 character to the line break before the boundary", () => {
+      const raw = bytesOf(mixedBag())
+      const text = Buffer.from(raw).toString("latin1")
+      const noted = bodiesOf(raw).map(({ end, start }) => text.slice(start, end))
+      // the png, pdf, csv, zip, spaced, padded-twice, empty and the pdf after the forwarded message; never
+      // text/plain or text/html, nor the gif inside the forwarded message (mailparser keeps it in that message)
+      assert.strictEqual(noted.length, 8)
+      assert.strictEqual(noted[7]!.replace(/\r\n/g, ""), patterned(500).toString("base64"))
+      assert.strictEqual(noted[1]!.replace(/\r\n/g, ""), patterned(100_000).toString("base64"))
+      assert.strictEqual(noted[5], "QQ==QQ==")
+      assert.strictEqual(noted[6], "")
+      for (const body of noted) assert.notInclude(body, "--")
+    })
+
+    it("decodes a large attachment into one buffer of exactly its bytes, which moves to the main thread whole", async () => {
+      const content = patterned(1024 * 1024)
+      const raw = withAttachment(content)
+      const { attachments } = await parseMail(raw, bodiesOf(raw))
+      const bytes = attachments[0]!.content
+      assert.isTrue(Buffer.from(bytes).equals(content))
+      assert.isTrue(decodedHere(bytes))
+      assert.strictEqual(bytes.byteOffset, 0)
+      assert.strictEqual(bytes.buffer.byteLength, content.length)
+    })
+
+    it("leaves to mailparser a body that is not plain base64", () => {
+      const body = (text: string) => {
+        const raw = bytesOf(text)
+        return plainBase64(raw, { start: 0, end: raw.length })
+      }
+      assert.deepStrictEqual(body("QUJD\r\nREVG\r\nRw==")?.size, 7)
+      assert.deepStrictEqual(body("QUJDRA==")?.size, 4)
+      assert.isUndefined(body("QUJD REVG")) // a space
+      assert.isUndefined(body("QQ==QQ==")) // padding before the end
+      assert.isUndefined(body("QUJDR")) // not whole groups of four
+      assert.isUndefined(body("QUJD\r\n--b")) // a boundary
+    })
+
+    it("reads the message again with mailparser alone when mailparser does not give back what stood in for a body", async () => {
+      const content = patterned(200_000)
+      const raw = withAttachment(content)
+      const [body] = bodiesOf(raw)
+      // half a body: mailparser reads the stand-in followed by the other half, which is no stand-in
+      const half = { start: body!.start, end: body!.start + Math.floor((body!.end - body!.start) / 2 / 78) * 78 - 2 }
+      const parts = await parseMail(raw, [half])
+      assert.deepStrictEqual(parts, await parseMail(raw))
+      assert.isTrue(Buffer.from(parts.attachments[0]!.content).equals(content))
+      assert.isFalse(decodedHere(parts.attachments[0]!.content))
+    })
+
+    it("reads the attachments fixture exactly as mailparser does", async () => {
+      const raw = new Uint8Array(
+        Buffer.from(readFileSync(new URL("../fixtures/messages/attachments.eml", import.meta.url), "latin1").replace(/\r?\n/g, "\r\n"), "latin1")
+      )
+      const { mailparser, own } = await bothWays(raw)
+      assert.isAbove(own.attachments.length, 0)
+      assert.deepStrictEqual(own, mailparser)
+    })
   })
 })
