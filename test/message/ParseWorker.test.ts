@@ -32,6 +32,46 @@ const lines = (base64: string, width: number): string => (base64.match(new RegEx
 const part = (headers: string, body: string): string => `${headers}\r\n\r\n${body}\r\n`
 
 /** A message with every kind of part the worker's own decoding must read exactly as mailparser does. */
+/**
+ * Random multipart messages from a seed: nested multiparts (some left open, some boundaries with trailing
+ * blanks), forwarded messages, and leaf parts of many types, encodings and base64 shapes, plain or not.
+ */
+const randomMessages = (seed: number, count: number): Array<string> => {
+  let state = seed
+  const random = () => (state = (state * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff
+  const pick = <A>(items: ReadonlyArray<A>): A => items[Math.floor(random() * items.length)]!
+  const base64Body = (size: number): string => {
+    const base64 = Buffer.from(Array.from({ length: size }, () => Math.floor(random() * 256))).toString("base64")
+    const shape = pick(["76", "76", "75", "one line", "a space", "padded inside", "unpadded", "not base64", "trailing blanks"])
+    if (shape === "unpadded") return lines(base64.replace(/=+$/, ""), 76)
+    if (shape === "one line") return base64.slice(0, 60_000)
+    const body = lines(base64, shape === "75" ? 75 : 76)
+    if (shape === "a space") return body.slice(0, 10) + " " + body.slice(10)
+    if (shape === "padded inside") return "QQ==\r\n" + body
+    if (shape === "not base64") return body + "\r\n!!"
+    if (shape === "trailing blanks") return body.replace(/\r\n/g, " \r\n")
+    return body
+  }
+  let boundaries = 0
+  const entity = (depth: number): string => {
+    if (depth === 1 || (depth < 3 && random() < 0.3)) {
+      const boundary = `b${boundaries++}${pick(["", "==", " x"])}`
+      let text = `Content-Type: multipart/${pick(["mixed", "alternative", "related"])}; boundary="${boundary}"\r\n\r\n`
+      const parts = 1 + Math.floor(random() * 4)
+      for (let i = 0; i < parts; i++) text += `--${boundary}${random() < 0.1 ? "  " : ""}\r\n${entity(depth + 1)}\r\n`
+      return random() < 0.9 ? `${text}--${boundary}--` : text.slice(0, -2)
+    }
+    if (depth < 3 && random() < 0.1) return `Content-Type: message/rfc822\r\n\r\nSubject: forwarded\r\n${entity(depth + 1)}`
+    const type = pick(["application/pdf", "image/png", "text/csv", "text/plain", "text/html", "audio/x-wav", "APPLICATION/PDF", "x", ""])
+    const encoding = pick(["base64", "base64", "Base64", " base64 ", "quoted-printable", "7bit", ""])
+    const headers = (type === "" ? "" : `Content-Type: ${type}\r\n`) + (encoding === "" ? "" : `Content-Transfer-Encoding: ${encoding}\r\n`) +
+      (random() < 0.3 ? `Content-Disposition: ${pick(["attachment", "inline", "attachment; filename=x.bin"])}\r\n` : "")
+    const body = /base64/i.test(encoding) ? base64Body(Math.floor(random() * (random() < 0.2 ? 100_000 : 3000))) : "text\r\n=41"
+    return `${headers}\r\n${body}`
+  }
+  return Array.from({ length: count }, () => `From: a@example.test\r\nSubject: random\r\n${entity(1)}\r\n`)
+}
+
 /** A forwarded message, with an attachment of its own. */
 const inner = (): string =>
   "From: c@example.test\r\nSubject: forwarded\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n" +
@@ -171,6 +211,18 @@ describe("ParseWorker", () => {
       assert.deepStrictEqual(parts, await parseMail(raw))
       assert.isTrue(Buffer.from(parts.attachments[0]!.content).equals(content))
       assert.isFalse(decodedHere(parts.attachments[0]!.content))
+    })
+
+    it("reads random MIME messages, well formed or not, exactly as mailparser does", async () => {
+      let withBodies = 0
+      for (const text of randomMessages(8, 300)) {
+        const raw = bytesOf(text)
+        const scan = scanMime(raw, defaultMimeLimits)
+        if (scan.violation !== undefined) continue
+        if (scan.base64Bodies.some((body) => plainBase64(raw, body) !== undefined)) withBodies++
+        assert.deepStrictEqual(await parseMail(raw, scan.base64Bodies), await parseMail(raw), text.slice(0, 200))
+      }
+      assert.isAbove(withBodies, 100)
     })
 
     it("reads the attachments fixture exactly as mailparser does", async () => {
