@@ -189,7 +189,6 @@ const readMail = (
     feed()
   })
 
-
 // ---- plain base64 bodies, decoded here ----------------------------------------------------------------
 
 /** What each byte is in a base64 body: 0 anything else, 1 a base64 character, 2 a line break, 3 `=`. */
@@ -245,7 +244,7 @@ export const plainBase64 = (raw: Uint8Array, range: BodyRange): PlainBase64 | un
  * The body's bytes, decoded window by window into one buffer of exactly their length (no chunk to
  * collect later); `undefined` should Node decode another length than `plainBase64` counted.
  */
-export const decodePlainBase64 = (raw: Uint8Array, body: PlainBase64): Uint8Array | undefined => {
+const decodePlainBase64 = (raw: Uint8Array, body: PlainBase64): Uint8Array | undefined => {
   const source = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)
   const target = Buffer.from(new ArrayBuffer(body.size))
   let written = 0
@@ -293,8 +292,8 @@ const withStandIns = (raw: Uint8Array, bodies: ReadonlyArray<PlainBase64>) => {
  * finds them) are decoded here, each into one buffer of its exact size: mailparser decodes base64 in
  * chunks of ~48 KB, which outlive the young generation and stay in memory until a full collection,
  * and splits the body line by line on the way. mailparser reads the message with stand-ins for those
- * bodies; should it not give back every stand-in as one attachment's content, exactly once, the message
- * is read again as it is, entirely by mailparser.
+ * bodies; should it not give back every stand-in as one attachment's content, exactly once (or fail),
+ * the message is read again as it is, entirely by mailparser.
  */
 export const parseMail = async (bytes: Uint8Array, base64Bodies: ReadonlyArray<BodyRange> = []): Promise<MailParts> => {
   const plain = base64Bodies.flatMap((range) => plainBase64(bytes, range) ?? [])
@@ -313,8 +312,8 @@ export const parseMail = async (bytes: Uint8Array, base64Bodies: ReadonlyArray<B
     const content = decodePlainBase64(bytes, plain[index]!)
     if (content === undefined) agrees = false
     return content ?? decoded
-  })
-  return agrees && seen.every(Boolean) ? parts : readMail(bytes)
+  }).catch(() => undefined)
+  return parts !== undefined && agrees && seen.every(Boolean) ? parts : readMail(bytes)
 }
 
 const runJob = async (job: ParseJob): Promise<ParseOutcome> => {
