@@ -31,7 +31,6 @@ const lines = (base64: string, width: number): string => (base64.match(new RegEx
 
 const part = (headers: string, body: string): string => `${headers}\r\n\r\n${body}\r\n`
 
-/** A message with every kind of part the worker's own decoding must read exactly as mailparser does. */
 /**
  * Random multipart messages from a seed: nested multiparts (some left open, some boundaries with trailing
  * blanks), forwarded messages, and leaf parts of many types, encodings and base64 shapes, plain or not.
@@ -79,6 +78,7 @@ const inner = (): string =>
   "--in\r\n" + part("Content-Type: image/gif; name=in.gif\r\nContent-Transfer-Encoding: base64", lines(patterned(900).toString("base64"), 76)) +
   "--in--"
 
+/** A message with every kind of part the worker's own decoding must read exactly as mailparser does. */
 const mixedBag = (): string => {
   const pdf = patterned(100_000)
   const png = patterned(3_000).reverse()
@@ -106,35 +106,37 @@ const mixedBag = (): string => {
 }
 
 describe("ParseWorker", () => {
-  it("writes a large attachment in place, in a buffer of exactly its bytes reserved within the message's size", async () => {
-    const content = patterned(1024 * 1024)
-    const raw = withAttachment(content)
-    const { attachments } = await parseMail(raw)
-    const bytes = attachments[0]!.content
-    assert.isTrue(Buffer.from(bytes).equals(content))
-    assert.strictEqual(bytes.byteOffset, 0)
-    assert.strictEqual(bytes.buffer.byteLength, content.length) // transferred whole, never copied
-    const buffer = bytes.buffer as ArrayBuffer
-    assert.isTrue(buffer.resizable)
-    assert.isAtMost(buffer.maxByteLength, raw.length)
-  })
+  describe("collects what mailparser decodes", () => {
+    it("writes a large attachment in place, in a buffer of exactly its bytes reserved within the message's size", async () => {
+      const content = patterned(1024 * 1024)
+      const raw = withAttachment(content)
+      const { attachments } = await parseMail(raw)
+      const bytes = attachments[0]!.content
+      assert.isTrue(Buffer.from(bytes).equals(content))
+      assert.strictEqual(bytes.byteOffset, 0)
+      assert.strictEqual(bytes.buffer.byteLength, content.length) // transferred whole, never copied
+      const buffer = bytes.buffer as ArrayBuffer
+      assert.isTrue(buffer.resizable)
+      assert.isAtMost(buffer.maxByteLength, raw.length)
+    })
 
-  it("copies a small attachment into a buffer of its own, which reserves nothing more", async () => {
-    const content = patterned(1000)
-    const { attachments } = await parseMail(withAttachment(content))
-    const bytes = attachments[0]!.content
-    assert.isTrue(Buffer.from(bytes).equals(content))
-    assert.isFalse((bytes.buffer as ArrayBuffer).resizable)
-    assert.strictEqual(bytes.buffer.byteLength, 1000)
-  })
+    it("copies a small attachment into a buffer of its own, which reserves nothing more", async () => {
+      const content = patterned(1000)
+      const { attachments } = await parseMail(withAttachment(content))
+      const bytes = attachments[0]!.content
+      assert.isTrue(Buffer.from(bytes).equals(content))
+      assert.isFalse((bytes.buffer as ArrayBuffer).resizable)
+      assert.strictEqual(bytes.buffer.byteLength, 1000)
+    })
 
-  it("keeps every byte that arrives past the collector's bound", () => {
-    const collector = contentCollector(4)
-    const chunks = [patterned(5), patterned(3), patterned(70_000)]
-    for (const chunk of chunks) collector.add(chunk)
-    const bytes = collector.done()
-    assert.isTrue(Buffer.from(bytes).equals(Buffer.concat(chunks)))
-    assert.strictEqual(bytes.buffer.byteLength, bytes.byteLength)
+    it("keeps every byte that arrives past the collector's bound", () => {
+      const collector = contentCollector(4)
+      const chunks = [patterned(5), patterned(3), patterned(70_000)]
+      for (const chunk of chunks) collector.add(chunk)
+      const bytes = collector.done()
+      assert.isTrue(Buffer.from(bytes).equals(Buffer.concat(chunks)))
+      assert.strictEqual(bytes.buffer.byteLength, bytes.byteLength)
+    })
   })
 
   describe("decodes plain base64 attachment bodies itself", () => {
