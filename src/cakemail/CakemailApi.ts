@@ -12,6 +12,7 @@ import { GatewayConfig } from "../Config.ts"
 import { errorReason, readCapped, retryAfterMillis } from "../delivery/HttpReply.ts"
 import { toHttpBody } from "../delivery/JsonBody.ts"
 import { UpstreamError } from "../delivery/Upstream.ts"
+import type { AttachmentContent } from "../domain/Message.ts"
 import { SendersUnavailable } from "../policy/Senders.ts"
 
 /** How one auth-path call (token, senders) is made: per-attempt timeout, retries of temporary failures. */
@@ -98,7 +99,7 @@ export interface EmailRequest {
   readonly tracking?: { readonly opens?: boolean; readonly clicks_html?: boolean; readonly clicks_text?: boolean }
   readonly additional_headers?: ReadonlyArray<{ readonly name: string; readonly value: string }>
   /** `content` goes out as base64 (delivery/JsonBody.ts). */
-  readonly attachment?: ReadonlyArray<{ readonly filename: string; readonly type: AttachmentType; readonly content: Uint8Array }>
+  readonly attachment?: ReadonlyArray<{ readonly filename: string; readonly type: AttachmentType; readonly content: AttachmentContent }>
 }
 
 /** The attachment types `POST /v2/emails` accepts. */

@@ -1,11 +1,13 @@
 /**
  * The JSON body of an upstream call that carries attachments: the text `JSON.stringify` would give if
- * every Uint8Array in the value were its base64 string, without ever holding that text. Attachments stay
- * bytes until the socket takes them, base64-encoded slice by slice; a 25 MB message no longer becomes a
- * base64 copy, a JSON string and its UTF-8 bytes (three more copies of the message) at once.
+ * every attachment content in the value (a Uint8Array, or a `ReceivedBase64`) were its base64 string,
+ * without ever holding that text. Bytes are base64-encoded slice by slice as the socket takes them, and
+ * base64 as received is copied out of the message slice by slice, without its line breaks; a 25 MB
+ * message no longer becomes a base64 copy, a JSON string and its UTF-8 bytes (three more copies) at once.
  */
 import { Stream } from "effect"
 import { HttpBody } from "effect/http"
+import { type AttachmentContent, ReceivedBase64 } from "../domain/Message.ts"
 
 /** Bytes of one slice of an attachment: a multiple of 3, so the base64 of consecutive slices joins up. */
 const sliceBytes = 48 * 1024
@@ -13,12 +15,15 @@ const sliceBytes = 48 * 1024
 /** Up to this size a body is sent as one buffer (no stream to run): every message without large attachments. */
 export const streamFromBytes = 256 * 1024
 
-type Segment = string | Uint8Array
+type Segment = string | AttachmentContent
 
-const base64Length = (bytes: Uint8Array) => 4 * Math.ceil(bytes.byteLength / 3)
+const isContent = (v: unknown): v is AttachmentContent => v instanceof Uint8Array || v instanceof ReceivedBase64
+
+const base64Length = (content: AttachmentContent) =>
+  content instanceof ReceivedBase64 ? content.length : 4 * Math.ceil(content.byteLength / 3)
 
 const hasBytes = (v: unknown): boolean =>
-  v instanceof Uint8Array ||
+  isContent(v) ||
   (typeof v === "object" && v !== null && (Array.isArray(v) ? v : Object.values(v)).some(hasBytes))
 
 /**
@@ -30,7 +35,7 @@ const segmentsOf = (value: unknown): Array<Segment> => {
   const segments: Array<Segment> = []
   let text = ""
   const write = (v: unknown): void => {
-    if (v instanceof Uint8Array) {
+    if (isContent(v)) {
       segments.push(text + "\"", v)
       text = "\""
     } else if (!hasBytes(v)) {
@@ -67,6 +72,10 @@ function* chunksOf(segments: ReadonlyArray<Segment>): Generator<Uint8Array> {
   for (const segment of segments) {
     if (typeof segment === "string") {
       if (segment !== "") yield Buffer.from(segment, "utf8")
+      continue
+    }
+    if (segment instanceof ReceivedBase64) {
+      yield* segment.slices(sliceBytes)
       continue
     }
     const bytes = Buffer.from(segment.buffer, segment.byteOffset, segment.byteLength)

@@ -25,13 +25,76 @@ export interface Header {
   readonly value: string
 }
 
+/**
+ * An attachment still in base64, as it arrived: bytes `start` to `end` of the received message, CRLF
+ * line breaks included. The parse worker checked that it is plain, canonical base64 (ParseWorker.ts), so
+ * without its line breaks it is exactly the base64 of its `size` bytes: it travels on as that text, never
+ * decoded and encoded again.
+ */
+export class ReceivedBase64 {
+  constructor(
+    readonly message: Uint8Array,
+    readonly start: number,
+    readonly end: number,
+    /** The decoded size. */
+    readonly size: number
+  ) {}
+
+  /** Characters of base64 text (padding included, line breaks not). */
+  get length(): number {
+    return 4 * Math.ceil(this.size / 3)
+  }
+
+  /** The text without its line breaks, in fresh buffers of `sliceBytes` (the last one shorter). */
+  *slices(sliceBytes = 48 * 1024): Generator<Uint8Array> {
+    const source = Buffer.from(this.message.buffer, this.message.byteOffset, this.message.byteLength)
+    let left = this.length
+    let slice = Buffer.alloc(Math.min(sliceBytes, left))
+    let filled = 0
+    for (let at = this.start; at < this.end;) {
+      const lf = source.indexOf(0x0a, at)
+      const lineEnd = lf < 0 || lf >= this.end ? this.end : lf - 1 // before the CR of CRLF
+      while (at < lineEnd && left > 0) {
+        const n = Math.min(lineEnd - at, slice.length - filled)
+        filled += source.copy(slice, filled, at, at + n)
+        at += n
+        if (filled === slice.length) {
+          yield slice
+          left -= filled
+          slice = Buffer.alloc(Math.min(sliceBytes, left))
+          filled = 0
+        }
+      }
+      at = lineEnd === this.end ? this.end : lf + 1
+    }
+    if (filled > 0) yield slice.subarray(0, filled)
+  }
+
+  /** The whole text at once. */
+  text(): string {
+    return Buffer.concat([...this.slices()]).toString("latin1")
+  }
+
+  /** `JSON.stringify` writes the text (never the message it lies in). */
+  toJSON(): string {
+    return this.text()
+  }
+}
+
+/** An attachment's bytes: decoded, or still the base64 text they arrived as. */
+export type AttachmentContent = Uint8Array | ReceivedBase64
+
+/** The bytes of an attachment's content, decoded if they are still base64 (for tests and checks, not the hot path). */
+export const contentBytes = (content: AttachmentContent): Uint8Array =>
+  content instanceof ReceivedBase64 ? new Uint8Array(Buffer.from(content.text(), "base64")) : content
+
 export interface ParsedAttachment {
   readonly filename: string | null
   readonly contentType: string
   readonly size: number
   readonly contentId: string | null
   readonly disposition: "attachment" | "inline"
-  readonly content: Uint8Array
+  readonly content: AttachmentContent
 }
 
 export interface ParsedMessage {
@@ -64,8 +127,12 @@ export const CanonicalAttachment = Schema.Struct({
   size: Schema.Int,
   content_id: Schema.NullOr(Schema.String),
   disposition: Schema.Literals(["attachment", "inline"]),
-  /** Bytes in the gateway, base64 on the wire: encoded only as they are sent (delivery/JsonBody.ts). */
-  content_base64: Schema.Uint8ArrayFromBase64
+  /**
+   * Base64 on the wire. In the gateway, bytes encoded only as they are sent (delivery/JsonBody.ts), or the
+   * base64 text they arrived as, which encodes as itself and which JSON.stringify writes as its text. A
+   * base64 string decodes to bytes.
+   */
+  content_base64: Schema.Union([Schema.Uint8ArrayFromBase64, Schema.instanceOf(ReceivedBase64)])
 })
 
 /** The canonical message of design.md §5: every key always present, `null` or `[]` when absent. */

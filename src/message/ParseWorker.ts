@@ -1,9 +1,9 @@
 /**
  * The parse worker: runs in a `worker_threads` thread (Parser.ts keeps a pool of them), so a hostile
  * message costs that thread's time, never the event loop's. Per job: MIME limits first
- * (MimeLimits.ts), then mailparser's streaming MailParser, which reads every header and part but
- * leaves the plain base64 bodies of attachments to this module (`parseMail`). Imported by Parser.ts
- * for types only.
+ * (MimeLimits.ts), then mailparser's streaming MailParser, which reads every header and part but does
+ * not decode the plain base64 bodies of attachments: those travel on as the text they arrived as
+ * (`parseMail`). Imported by Parser.ts for types only.
  */
 import * as crypto from "node:crypto"
 import { isMainThread, parentPort, workerData } from "node:worker_threads"
@@ -18,12 +18,24 @@ import { type BodyRange, type MimeLimitOptions, scanMime } from "./MimeLimits.ts
 /** `workerData.role` of a parse worker (anything else imports this module for its types). */
 export const workerRole = "smtp-gateway/message/ParseWorker"
 
+/** Where a plain, canonical base64 body lies in the message, and its decoded size. */
+export interface PlainBase64 {
+  readonly start: number
+  readonly end: number
+  readonly size: number
+}
+
+/** An attachment as the worker hands it over: its bytes, or where its base64 text lies in the message. */
+export interface WorkerAttachment extends Omit<ParsedAttachment, "content"> {
+  readonly content: Uint8Array | PlainBase64
+}
+
 /** What one run of mailparser over a message yields. */
 export interface MailParts {
   readonly headers: Headers
   readonly text: string | null
   readonly html: string | null
-  readonly attachments: ReadonlyArray<ParsedAttachment>
+  readonly attachments: ReadonlyArray<WorkerAttachment>
 }
 
 export interface ParseJob {
@@ -48,13 +60,13 @@ const isAttachment = (u: unknown): u is AttachmentStream =>
 const isText = (u: unknown): u is { readonly type: "text"; readonly text?: unknown; readonly html?: unknown } =>
   typeof u === "object" && u !== null && (u as { type?: unknown }).type === "text"
 
-const toAttachment = (data: AttachmentStream, content: Uint8Array): ParsedAttachment => {
+const toAttachment = (data: AttachmentStream, content: Uint8Array | PlainBase64): WorkerAttachment => {
   const contentId = typeof data.cid === "string" && data.cid !== "" ? data.cid : null
   const inline = data.related === true || data.contentDisposition === "inline"
   return {
     filename: typeof data.filename === "string" && data.filename !== "" ? data.filename : null,
     contentType: data.contentType,
-    size: content.length,
+    size: content instanceof Uint8Array ? content.length : content.size,
     contentId,
     disposition: inline && contentId !== null ? "inline" : "attachment",
     content
@@ -97,7 +109,8 @@ export const contentCollector = (bound: number) => {
 const transferablesOf = (outcome: ParseOutcome): Array<ArrayBuffer> =>
   outcome._tag === "Parsed"
     ? outcome.parts.attachments.flatMap(({ content }) =>
-      content.buffer instanceof ArrayBuffer && content.byteOffset === 0 && content.byteLength === content.buffer.byteLength
+      content instanceof Uint8Array && content.buffer instanceof ArrayBuffer && content.byteOffset === 0 &&
+        content.byteLength === content.buffer.byteLength
         ? [content.buffer]
         : []
     )
@@ -108,11 +121,11 @@ const feedSliceBytes = 64 * 1024
 
 /**
  * Runs mailparser's streaming MailParser over `bytes`; the first error of any stream rejects the message.
- * `contentOf` may give an attachment other bytes than those mailparser decoded (see `parseMail`).
+ * `contentOf` may give an attachment another content than the bytes mailparser decoded (see `parseMail`).
  */
 const readMail = (
   bytes: Uint8Array,
-  contentOf: (decoded: Uint8Array) => Uint8Array = (decoded) => decoded
+  contentOf: (decoded: Uint8Array) => Uint8Array | PlainBase64 = (decoded) => decoded
 ): Promise<MailParts> =>
   new Promise((resolve, reject) => {
     const parser = new MailParser({ skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true })
@@ -120,7 +133,7 @@ const readMail = (
     let headers: Headers = new Map()
     let text: string | null = null
     let html: string | null = null
-    const attachments: Array<ParsedAttachment> = []
+    const attachments: Array<WorkerAttachment> = []
     /** Bounds what the attachments still to come decode to: no encoding gives more bytes than it takes. */
     let undecoded = bytes.byteLength
     const fail = (error: unknown) => {
@@ -189,71 +202,44 @@ const readMail = (
     feed()
   })
 
-// ---- plain base64 bodies, decoded here ----------------------------------------------------------------
+// ---- plain base64 bodies, passed on as text ------------------------------------------------------------
 
-/** What each byte is in a base64 body: 0 anything else, 1 a base64 character, 2 a line break, 3 `=`. */
-const base64Class = new Uint8Array(256)
-for (const c of "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/") base64Class[c.charCodeAt(0)] = 1
-base64Class[0x0d] = base64Class[0x0a] = 2
-base64Class[0x3d] = 3
-
-/** Characters decoded at a time: 48 KiB of bytes from a string small enough for V8's young generation. */
-const decodeWindowChars = 64 * 1024
-
-/** A base64 body that decodes exactly as mailparser would decode it, and how to decode it. */
-export interface PlainBase64 {
-  readonly range: BodyRange
-  /** The decoded size. */
-  readonly size: number
-  /** Where each window but the last ends: after a whole number of 4-character groups. */
-  readonly cuts: ReadonlyArray<number>
-}
+/** The value of each base64 character; -1 for a line break, -2 for `=`, -3 for anything else. */
+const base64Value = new Int8Array(256).fill(-3)
+Array.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/").forEach((c, i) => {
+  base64Value[c.charCodeAt(0)] = i
+})
+base64Value[0x0d] = base64Value[0x0a] = -1
+base64Value[0x3d] = -2
 
 /**
- * The body at `range` when it is plain base64 (only the alphabet and line breaks, its one or two `=`
- * at the very end, a multiple of 4 characters in all: what mail programs write), else `undefined`
- * and mailparser decodes it, with the leniency it has for anything else.
+ * The body at `range` when it is plain, canonical base64: only the alphabet and CRLF line breaks, its
+ * one or two `=` at the very end, a multiple of 4 characters in all, and no bits set past the last byte
+ * (what mail programs write; its text without line breaks is then exactly the base64 of its bytes).
+ * Else `undefined`, and mailparser decodes it, with the leniency it has for anything else.
  */
-export const plainBase64 = (raw: Uint8Array, range: BodyRange): PlainBase64 | undefined => {
-  const cuts: Array<number> = []
+export const plainBase64 = (raw: Uint8Array, { end, start }: BodyRange): PlainBase64 | undefined => {
   let chars = 0
   let padding = 0
-  let windowStart = range.start
-  for (let i = range.start, end = range.end; i < end; i++) {
-    const kind = base64Class[raw[i]!]!
-    if (kind === 1 && padding === 0) {
-      chars++
-    } else if (kind === 3 && padding < 2) {
+  let last = 0
+  for (let i = start; i < end; i++) {
+    const value = base64Value[raw[i]!]!
+    if (value >= 0 && padding === 0) {
+      last = value
+    } else if (value === -2 && padding < 2) {
       padding++
-      chars++
-    } else if (kind === 2) {
+    } else if (value === -1 && raw[i] === 0x0d && raw[i + 1] === 0x0a && i + 1 < end) {
+      i++
       continue
     } else {
       return undefined
     }
-    if ((chars & 3) === 0 && i + 1 - windowStart >= decodeWindowChars) {
-      cuts.push(i + 1)
-      windowStart = i + 1
-    }
+    chars++
   }
-  if ((chars & 3) !== 0) return undefined
-  return { range, size: (chars / 4) * 3 - padding, cuts }
-}
-
-/**
- * The body's bytes, decoded window by window into one buffer of exactly their length (no chunk to
- * collect later); `undefined` should Node decode another length than `plainBase64` counted.
- */
-const decodePlainBase64 = (raw: Uint8Array, body: PlainBase64): Uint8Array | undefined => {
-  const source = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength)
-  const target = Buffer.from(new ArrayBuffer(body.size))
-  let written = 0
-  let from = body.range.start
-  for (const to of [...body.cuts, body.range.end]) {
-    written += target.write(source.toString("latin1", from, to), written, "base64")
-    from = to
+  if ((chars & 3) !== 0 || (padding === 1 && (last & 0x03) !== 0) || (padding === 2 && (last & 0x0f) !== 0)) {
+    return undefined
   }
-  return written === body.size ? new Uint8Array(target.buffer) : undefined
+  return { start, end, size: (chars / 4) * 3 - padding }
 }
 
 /** Bytes in a stand-in: a random tag of the parse and the body's index. */
@@ -269,12 +255,12 @@ const withStandIns = (raw: Uint8Array, bodies: ReadonlyArray<PlainBase64>) => {
   const tag = crypto.randomBytes(tagBytes)
   const pieces: Array<Uint8Array> = []
   let at = 0
-  bodies.forEach(({ range }, index) => {
+  bodies.forEach(({ end, start }, index) => {
     const standIn = Buffer.alloc(tagBytes + 4)
     tag.copy(standIn)
     standIn.writeUInt32BE(index, tagBytes)
-    pieces.push(source.subarray(at, range.start), Buffer.from(standIn.toString("base64"), "latin1"))
-    at = range.end
+    pieces.push(source.subarray(at, start), Buffer.from(standIn.toString("base64"), "latin1"))
+    at = end
   })
   pieces.push(source.subarray(at))
   return {
@@ -289,11 +275,12 @@ const withStandIns = (raw: Uint8Array, bodies: ReadonlyArray<PlainBase64>) => {
 
 /**
  * mailparser over `bytes`, except that the plain base64 bodies among `base64Bodies` (MimeLimits.ts
- * finds them) are decoded here, each into one buffer of its exact size: mailparser decodes base64 in
- * chunks of ~48 KB, which outlive the young generation and stay in memory until a full collection,
- * and splits the body line by line on the way. mailparser reads the message with stand-ins for those
- * bodies; should it not give back every stand-in as one attachment's content, exactly once (or fail),
- * the message is read again as it is, entirely by mailparser.
+ * finds them) are not decoded: such an attachment's content is where its text lies in the message
+ * (`PlainBase64`), which goes on to the email API as that text. mailparser would decode it in chunks of
+ * ~48 KB that outlive the young generation and stay in memory until a full collection, splitting the
+ * body line by line on the way, and the bytes would be encoded again for the API. mailparser reads the
+ * message with stand-ins for those bodies; should it not give back every stand-in as one attachment's
+ * content, exactly once (or fail), the message is read again as it is, entirely by mailparser.
  */
 export const parseMail = async (bytes: Uint8Array, base64Bodies: ReadonlyArray<BodyRange> = []): Promise<MailParts> => {
   const plain = base64Bodies.flatMap((range) => plainBase64(bytes, range) ?? [])
@@ -309,9 +296,7 @@ export const parseMail = async (bytes: Uint8Array, base64Bodies: ReadonlyArray<B
       return decoded
     }
     seen[index] = true
-    const content = decodePlainBase64(bytes, plain[index]!)
-    if (content === undefined) agrees = false
-    return content ?? decoded
+    return plain[index]!
   }).catch(() => undefined)
   return parts !== undefined && agrees && seen.every(Boolean) ? parts : readMail(bytes)
 }

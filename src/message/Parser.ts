@@ -14,7 +14,7 @@ import { Context, DateTime, Duration, Effect, Layer, Predicate, Result, Semaphor
 import type { AddressObject, EmailAddress, HeaderValue } from "mailparser"
 import { GatewayConfig } from "../Config.ts"
 import { MessageRejected } from "../domain/Errors.ts"
-import type { AddressRef, ParsedMessage, ReceivedMessage } from "../domain/Message.ts"
+import { type AddressRef, type ParsedMessage, ReceivedBase64, type ReceivedMessage } from "../domain/Message.ts"
 import { defaultMimeLimits, defaultParseTimeout, type MimeLimitOptions } from "./MimeLimits.ts"
 import { type ParseOutcome, type ParseResult, workerRole } from "./ParseWorker.ts"
 import { isBcc, named, type RawField, splitHeaderSection } from "./Transform.ts"
@@ -247,7 +247,11 @@ const makeParse = (runMailParser: RunMailParser, limits: MimeLimitOptions) =>
         text: mail.text,
         html: mail.html,
         headers: fields.filter((field) => !isBcc(field)).map(({ name, value }) => ({ name, value })),
-        attachments: mail.attachments,
+        attachments: mail.attachments.map(({ content, ...attachment }) => ({
+          ...attachment,
+          // base64 the worker left as it arrived: read from this thread's copy of the message
+          content: content instanceof Uint8Array ? content : new ReceivedBase64(message.raw, content.start, content.end, content.size)
+        })),
         inReplyTo: stringOf(mail.headers.get("in-reply-to")),
         references: stringsOf(mail.headers.get("references"))
       }

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schema, Stream } from "effect"
-import { CanonicalMessage } from "../../src/domain/Message.ts"
+import { type AttachmentContent, CanonicalMessage, ReceivedBase64 } from "../../src/domain/Message.ts"
 import { jsonBody, streamFromBytes, toHttpBody } from "../../src/delivery/JsonBody.ts"
 import { canonical, jsonText } from "./fixtures.ts"
 
@@ -12,7 +12,7 @@ const bytes = (n: number, seed = 7) => {
   return out
 }
 
-const message = (attachments: ReadonlyArray<Uint8Array>): CanonicalMessage => ({
+const message = (attachments: ReadonlyArray<AttachmentContent>): CanonicalMessage => ({
   ...canonical("0K3F2ABCDEFGHIJKLMN", ["bob@example.net", "\"q\\uote\"@example.net"]),
   // strings JSON must escape, or must not: quotes, control and lone surrogate, line separators, non-ASCII
   from: { address: "alice@example.com", name: "Alice \"A\" Ä" },
@@ -22,7 +22,7 @@ const message = (attachments: ReadonlyArray<Uint8Array>): CanonicalMessage => ({
   attachments: attachments.map((content, i) => ({
     filename: `a${i}.bin`,
     content_type: "application/octet-stream",
-    size: content.byteLength,
+    size: content instanceof ReceivedBase64 ? content.size : content.byteLength,
     content_id: null,
     disposition: "attachment" as const,
     content_base64: content
@@ -35,6 +35,22 @@ describe("JsonBody", () => {
     for (const attachments of [[], [new Uint8Array(0)], [bytes(1), bytes(2), bytes(3)], [bytes(49_153), bytes(300_001, 3)]]) {
       const m = message(attachments)
       assert.strictEqual(jsonText(m), JSON.stringify(encodeCanonical(m)))
+    }
+  })
+
+  it("writes base64 that arrived as text without its line breaks: the same JSON as for the bytes it stands for", () => {
+    for (const size of [0, 1, 2, 3, 57, 200_000]) {
+      const content = bytes(size)
+      const text = (Buffer.from(content).toString("base64").match(/.{1,76}/g) ?? []).join("\r\n")
+      const received = Buffer.from(`Content-Transfer-Encoding: base64\r\n\r\n${text}\r\n--b--\r\n`, "latin1")
+      const start = received.indexOf("\r\n\r\n") + 4
+      const asText = message([new ReceivedBase64(received, start, start + text.length, size)])
+      assert.strictEqual(jsonText(asText), jsonText(message([content])))
+      assert.strictEqual(jsonText(asText), JSON.stringify(encodeCanonical(asText)))
+      const body = jsonBody(asText)
+      const chunks = [...body.chunks()]
+      assert.strictEqual(Buffer.concat(chunks).byteLength, body.byteLength)
+      for (const chunk of chunks) assert.isAtMost(chunk.byteLength, 64 * 1024)
     }
   })
 

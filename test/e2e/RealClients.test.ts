@@ -8,7 +8,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schema } from "effect"
-import { CanonicalMessage } from "../../src/domain/Message.ts"
+import { CanonicalMessage, contentBytes } from "../../src/domain/Message.ts"
 import { runProgram, transport } from "../support/Clients.ts"
 import { json, RecordingHttpServer } from "../support/RecordingHttpServer.ts"
 import { alice, startGateway } from "../support/TestGateway.ts"
@@ -73,14 +73,14 @@ const assertRichMessage = (message: CanonicalMessage) => {
   assert.strictEqual(report.content_type, "application/pdf")
   assert.strictEqual(report.disposition, "attachment")
   assert.strictEqual(report.size, pdf.length)
-  assert.isTrue(Buffer.from(report.content_base64).equals(pdf), "the PDF arrives byte for byte")
+  assert.isTrue(Buffer.from(contentBytes(report.content_base64)).equals(pdf), "the PDF arrives byte for byte")
   const data = byName.get("data.csv")!
   assert.strictEqual(data.content_type, "text/csv")
-  assert.strictEqual(Buffer.from(data.content_base64).toString("utf8"), csv)
+  assert.strictEqual(Buffer.from(contentBytes(data.content_base64)).toString("utf8"), csv)
   const logo = byName.get("logo.png")!
   assert.strictEqual(logo.disposition, "inline")
   assert.strictEqual(logo.content_id, "logo@example.com")
-  assert.isTrue(Buffer.from(logo.content_base64).equals(png), "the inline image arrives byte for byte")
+  assert.isTrue(Buffer.from(contentBytes(logo.content_base64)).equals(png), "the inline image arrives byte for byte")
 }
 
 const decodeCanonical = Schema.decodeUnknownSync(Schema.fromJsonString(CanonicalMessage))

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs"
 import { assert, describe, it } from "@effect/vitest"
 import { type BodyRange, defaultMimeLimits, scanMime } from "../../src/message/MimeLimits.ts"
-import { contentCollector, type MailParts, parseMail, plainBase64 } from "../../src/message/ParseWorker.ts"
+import { contentCollector, type MailParts, parseMail, type PlainBase64, plainBase64 } from "../../src/message/ParseWorker.ts"
 import { withAttachment as messageWithAttachment } from "./fixtures.ts"
 
 /** A message with one base64 attachment of `content`, as the worker gets it. */
@@ -18,14 +18,25 @@ const bodiesOf = (raw: Uint8Array): ReadonlyArray<BodyRange> => {
   return scan.base64Bodies
 }
 
-/** The message as the worker reads it (its own decoding of plain base64), and as mailparser alone reads it. */
+/** The message as the worker reads it (plain base64 left as text), and as mailparser alone reads it. */
 const bothWays = async (raw: Uint8Array): Promise<{ readonly own: MailParts; readonly mailparser: MailParts }> => ({
   own: await parseMail(raw, bodiesOf(raw)),
   mailparser: await parseMail(raw)
 })
 
-/** The buffer an attachment collected from mailparser's chunks lives in, past 64 KiB, is resizable; one decoded here is not. */
-const decodedHere = (content: Uint8Array): boolean => !(content.buffer as ArrayBuffer).resizable
+/** The parts with every attachment left as base64 text decoded, as the email API will decode it. */
+const decoded = (parts: MailParts, raw: Uint8Array): MailParts => ({
+  ...parts,
+  attachments: parts.attachments.map(({ content, ...rest }) => ({
+    ...rest,
+    content: content instanceof Uint8Array
+      ? content
+      : new Uint8Array(Buffer.from(Buffer.from(raw).toString("latin1", content.start, content.end), "base64"))
+  }))
+})
+
+/** True when the worker handed the attachment over as where its base64 text lies, not as bytes. */
+const leftAsText = (content: Uint8Array | PlainBase64): boolean => !(content instanceof Uint8Array)
 
 const lines = (base64: string, width: number): string => (base64.match(new RegExp(`.{1,${width}}`, "g")) ?? []).join("\r\n")
 
@@ -111,7 +122,7 @@ describe("ParseWorker", () => {
       const content = patterned(1024 * 1024)
       const raw = withAttachment(content)
       const { attachments } = await parseMail(raw)
-      const bytes = attachments[0]!.content
+      const bytes = attachments[0]!.content as Uint8Array
       assert.isTrue(Buffer.from(bytes).equals(content))
       assert.strictEqual(bytes.byteOffset, 0)
       assert.strictEqual(bytes.buffer.byteLength, content.length) // transferred whole, never copied
@@ -123,7 +134,7 @@ describe("ParseWorker", () => {
     it("copies a small attachment into a buffer of its own, which reserves nothing more", async () => {
       const content = patterned(1000)
       const { attachments } = await parseMail(withAttachment(content))
-      const bytes = attachments[0]!.content
+      const bytes = attachments[0]!.content as Uint8Array
       assert.isTrue(Buffer.from(bytes).equals(content))
       assert.isFalse((bytes.buffer as ArrayBuffer).resizable)
       assert.strictEqual(bytes.buffer.byteLength, 1000)
@@ -139,11 +150,11 @@ describe("ParseWorker", () => {
     })
   })
 
-  describe("decodes plain base64 attachment bodies itself", () => {
-    it("reads a message with every kind of part exactly as mailparser does", async () => {
+  describe("leaves plain base64 attachment bodies as the text they arrived as", () => {
+    it("reads a message with every kind of part as mailparser does, the bytes of that text included", async () => {
       const raw = bytesOf(mixedBag())
       const { mailparser, own } = await bothWays(raw)
-      assert.deepStrictEqual(own, mailparser)
+      assert.deepStrictEqual(decoded(own, raw), mailparser)
       assert.deepStrictEqual(
         own.attachments.map((a) => [a.filename, a.size]),
         [
@@ -159,10 +170,12 @@ describe("ParseWorker", () => {
           ["after.pdf", 500]
         ]
       )
-      assert.strictEqual(Buffer.from(own.attachments[8]!.content).toString("latin1"), inner())
-      // every plain base64 body was decoded here: none of them was read again by mailparser alone
-      assert.isTrue(decodedHere(own.attachments[1]!.content))
-      assert.isFalse(decodedHere(mailparser.attachments[1]!.content))
+      assert.strictEqual(Buffer.from(decoded(own, raw).attachments[8]!.content as Uint8Array).toString("latin1"), inner())
+      // the png, pdf, csv, zip, empty and after.pdf stay text: the message was not read again by mailparser alone
+      assert.deepStrictEqual(
+        own.attachments.map((a) => leftAsText(a.content)),
+        [true, true, true, true, false, false, false, true, false, true]
+      )
     })
 
     it("notes the base64 bodies of attachments, from the first base64 character to the line break before the boundary", () => {
@@ -179,15 +192,14 @@ describe("ParseWorker", () => {
       for (const body of noted) assert.notInclude(body, "--")
     })
 
-    it("decodes a large attachment into one buffer of exactly its bytes, which moves to the main thread whole", async () => {
+    it("hands a large attachment over as where its text lies in the message, with the size it decodes to", async () => {
       const content = patterned(1024 * 1024)
       const raw = withAttachment(content)
-      const { attachments } = await parseMail(raw, bodiesOf(raw))
-      const bytes = attachments[0]!.content
-      assert.isTrue(Buffer.from(bytes).equals(content))
-      assert.isTrue(decodedHere(bytes))
-      assert.strictEqual(bytes.byteOffset, 0)
-      assert.strictEqual(bytes.buffer.byteLength, content.length)
+      const [body] = bodiesOf(raw)
+      const { attachments } = await parseMail(raw, [body!])
+      assert.deepStrictEqual(attachments[0]!.content, { start: body!.start, end: body!.end, size: content.length })
+      assert.strictEqual(attachments[0]!.size, content.length)
+      assert.strictEqual(Buffer.from(raw).toString("latin1", body!.start, body!.end).replace(/\r\n/g, ""), content.toString("base64"))
     })
 
     it("leaves to mailparser a body that is not plain base64", () => {
@@ -201,6 +213,10 @@ describe("ParseWorker", () => {
       assert.isUndefined(body("QQ==QQ==")) // padding before the end
       assert.isUndefined(body("QUJDR")) // not whole groups of four
       assert.isUndefined(body("QUJD\r\n--b")) // a boundary
+      assert.isUndefined(body("QUJD\nREVG")) // a line break other than CRLF
+      assert.isUndefined(body("QR==")) // bits set past the last byte: its text is not the base64 of its bytes
+      assert.isUndefined(body("QUJ=")) // the same with one `=`
+      assert.strictEqual(body("QUI=")?.size, 2)
     })
 
     it("reads the message again with mailparser alone when mailparser does not give back what stood in for a body", async () => {
@@ -211,8 +227,8 @@ describe("ParseWorker", () => {
       const half = { start: body!.start, end: body!.start + Math.floor((body!.end - body!.start) / 2 / 78) * 78 - 2 }
       const parts = await parseMail(raw, [half])
       assert.deepStrictEqual(parts, await parseMail(raw))
-      assert.isTrue(Buffer.from(parts.attachments[0]!.content).equals(content))
-      assert.isFalse(decodedHere(parts.attachments[0]!.content))
+      assert.isFalse(leftAsText(parts.attachments[0]!.content))
+      assert.isTrue(Buffer.from(parts.attachments[0]!.content as Uint8Array).equals(content))
     })
 
     it("reads random MIME messages, well formed or not, exactly as mailparser does", async () => {
@@ -222,7 +238,7 @@ describe("ParseWorker", () => {
         const scan = scanMime(raw, defaultMimeLimits)
         if (scan.violation !== undefined) continue
         if (scan.base64Bodies.some((body) => plainBase64(raw, body) !== undefined)) withBodies++
-        assert.deepStrictEqual(await parseMail(raw, scan.base64Bodies), await parseMail(raw), text.slice(0, 200))
+        assert.deepStrictEqual(decoded(await parseMail(raw, scan.base64Bodies), raw), await parseMail(raw), text.slice(0, 200))
       }
       assert.isAbove(withBodies, 100)
     })
@@ -233,7 +249,8 @@ describe("ParseWorker", () => {
       )
       const { mailparser, own } = await bothWays(raw)
       assert.isAbove(own.attachments.length, 0)
-      assert.deepStrictEqual(own, mailparser)
+      assert.isTrue(own.attachments.every((a) => leftAsText(a.content)))
+      assert.deepStrictEqual(decoded(own, raw), mailparser)
     })
   })
 })

@@ -1,7 +1,7 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { readFileSync } from "node:fs"
-import type { ReceivedMessage } from "../../src/domain/Message.ts"
+import { contentBytes, ReceivedBase64, type ReceivedMessage } from "../../src/domain/Message.ts"
 import { Parser } from "../../src/message/Parser.ts"
 import { withAttachment } from "./fixtures.ts"
 
@@ -94,7 +94,9 @@ layer(Parser.layer)("Parser", (it) => {
         parsed.html,
         "<html><body><img src=\"cid:logo@example.test\"><p>See the report.</p></body></html>"
       )
-      assert.deepStrictEqual(parsed.attachments, [
+      // each attachment's plain base64 stays the text it arrived as
+      for (const attachment of parsed.attachments) assert.instanceOf(attachment.content, ReceivedBase64)
+      assert.deepStrictEqual(parsed.attachments.map(({ content, ...rest }) => ({ ...rest, content: contentBytes(content) })), [
         {
           filename: "logo.png",
           contentType: "image/png",
@@ -129,7 +131,8 @@ layer(Parser.layer)("Parser", (it) => {
       const parsed = yield* parse(withAttachment(content))
       assert.strictEqual(parsed.attachments.length, 1)
       assert.strictEqual(parsed.attachments[0]!.size, content.length)
-      assert.isTrue(Buffer.from(parsed.attachments[0]!.content).equals(content))
+      assert.instanceOf(parsed.attachments[0]!.content, ReceivedBase64)
+      assert.isTrue(Buffer.from(contentBytes(parsed.attachments[0]!.content)).equals(content))
     }))
 
   it.effect("decodes an RFC 2047 subject and an 8bit UTF-8 body, and keeps encoded words in headers", () =>
