@@ -84,10 +84,6 @@ export class ReceivedBase64 {
 /** An attachment's bytes: decoded, or still the base64 text they arrived as. */
 export type AttachmentContent = Uint8Array | ReceivedBase64
 
-/** The bytes of an attachment's content, decoded if they are still base64 (for tests and checks, not the hot path). */
-export const contentBytes = (content: AttachmentContent): Uint8Array =>
-  content instanceof ReceivedBase64 ? new Uint8Array(Buffer.from(content.text(), "base64")) : content
-
 export interface ParsedAttachment {
   readonly filename: string | null
   readonly contentType: string

@@ -1,7 +1,8 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { readFileSync } from "node:fs"
-import { contentBytes, ReceivedBase64, type ReceivedMessage } from "../../src/domain/Message.ts"
+import { ReceivedBase64, type ReceivedMessage } from "../../src/domain/Message.ts"
+import { contentBytes } from "../support/Attachments.ts"
 import { Parser } from "../../src/message/Parser.ts"
 import { withAttachment } from "./fixtures.ts"
 
