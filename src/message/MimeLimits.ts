@@ -3,7 +3,7 @@
  * length, header section size and field count (of the message and of every part), number of MIME
  * parts and nesting depth (multipart, and message/rfc822 sent unencoded). It refuses; it never
  * truncates or repairs. The same pass notes where the base64 bodies of attachment parts lie, so the
- * parse worker can decode them itself (ParseWorker.ts). Pure: bytes in, the first violation (if any)
+ * parse worker can pass them on undecoded (ParseWorker.ts). Pure: bytes in, the first violation (if any)
  * or those places out.
  */
 import type { Duration } from "effect"
