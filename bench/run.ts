@@ -341,9 +341,9 @@ const cakemailScenario = async () => {
 }
 
 /**
- * Fresh processes per system for the 25 MB row. Its peak depends on when V8 happens to collect the
- * receive buffers and the parse worker's decoded chunks, so one run alone misleads (the gateway grew by
- * 75 to 110 MB in seven runs of one session): the row keeps the worst run, and prints each.
+ * Fresh processes per system for the 25 MB row. Its peak depends on when V8 happens to collect garbage
+ * (the receive buffers above all), so one run alone misleads (the gateway grew by 75 to 110 MB in seven
+ * runs of one session, and by 37 to 61 MB in 21 runs since): the row keeps the worst run, and prints each.
  */
 const largeRuns = quick ? 1 : 3
 

@@ -204,12 +204,12 @@ const readMail = (
 
 // ---- plain base64 bodies, passed on as text ------------------------------------------------------------
 
-/** The value of each base64 character; -1 for a line break, -2 for `=`, -3 for anything else. */
+/** The value of each base64 character; -1 for CR (of a CRLF), -2 for `=`, -3 for anything else. */
 const base64Value = new Int8Array(256).fill(-3)
 Array.from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/").forEach((c, i) => {
   base64Value[c.charCodeAt(0)] = i
 })
-base64Value[0x0d] = base64Value[0x0a] = -1
+base64Value[0x0d] = -1
 base64Value[0x3d] = -2
 
 /**
@@ -228,8 +228,8 @@ export const plainBase64 = (raw: Uint8Array, { end, start }: BodyRange): PlainBa
       last = value
     } else if (value === -2 && padding < 2) {
       padding++
-    } else if (value === -1 && raw[i] === 0x0d && raw[i + 1] === 0x0a && i + 1 < end) {
-      i++
+    } else if (value === -1 && i + 1 < end && raw[i + 1] === 0x0a) {
+      i++ // a CRLF
       continue
     } else {
       return undefined

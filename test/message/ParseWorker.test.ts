@@ -1,7 +1,9 @@
 import { readFileSync } from "node:fs"
 import { assert, describe, it } from "@effect/vitest"
+import { ReceivedBase64 } from "../../src/domain/Message.ts"
 import { type BodyRange, defaultMimeLimits, scanMime } from "../../src/message/MimeLimits.ts"
 import { contentCollector, type MailParts, parseMail, type PlainBase64, plainBase64 } from "../../src/message/ParseWorker.ts"
+import { contentBytes } from "../support/Attachments.ts"
 import { withAttachment as messageWithAttachment } from "./fixtures.ts"
 
 /** A message with one base64 attachment of `content`, as the worker gets it. */
@@ -31,7 +33,7 @@ const decoded = (parts: MailParts, raw: Uint8Array): MailParts => ({
     ...rest,
     content: content instanceof Uint8Array
       ? content
-      : new Uint8Array(Buffer.from(Buffer.from(raw).toString("latin1", content.start, content.end), "base64"))
+      : contentBytes(new ReceivedBase64(raw, content.start, content.end, content.size))
   }))
 })
 
