@@ -1,7 +1,8 @@
 /**
- * CIDR lists (ALLOWLIST_CIDRS, TRUSTED_PROXIES) as a membership test on client addresses, on Node's
- * `net.BlockList`. A bare address is a /32 (or /128); an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
- * as a dual-stack listener reports IPv4 peers) is tested as the IPv4 address. Pure; no IO.
+ * Client addresses: CIDR lists (ALLOWLIST_CIDRS, TRUSTED_PROXIES) as a membership test, on Node's
+ * `net.BlockList`, and the key a client is counted by in the per-IP limits. A bare address is a /32
+ * (or /128); an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as a dual-stack listener reports IPv4
+ * peers) is tested as the IPv4 address. Pure; no IO.
  */
 import * as net from "node:net"
 
@@ -38,4 +39,43 @@ export const makeCidrMatcher = (cidrs: ReadonlyArray<string>): CidrMatcher => {
     const family = net.isIP(address)
     return family !== 0 && list.check(address, family === 4 ? "ipv4" : "ipv6")
   }
+}
+
+/** The eight 16-bit groups of a valid IPv6 address (any spelling: `::`, a dotted IPv4 tail, a zone). */
+const ipv6Groups = (address: string): Array<number> => {
+  let text = address.replace(/%.*$/, "")
+  const dotted = /(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text)
+  if (dotted !== null) {
+    const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number]
+    text = `${text.slice(0, dotted.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`
+  }
+  const [head = "", tail] = text.split("::")
+  const groupsOf = (part: string) => (part === "" ? [] : part.split(":"))
+  const left = groupsOf(head)
+  const right = tail === undefined ? [] : groupsOf(tail)
+  const zeros = new Array<string>(8 - left.length - right.length).fill("0")
+  return [...left, ...zeros, ...right].map((group) => parseInt(group, 16))
+}
+
+const ipv4Of = (high: number, low: number) => [high >> 8, high & 0xff, low >> 8, low & 0xff].join(".")
+
+/**
+ * The key a client is counted by in the per-IP limits (connections, message rate, AUTH failures).
+ * An IPv4 address is itself. An IPv6 address counts by its /64, written `2001:db8:0:1::/64`: a
+ * subscriber (a home, an office, a phone, a server) is given at least a /64 and may use any address in
+ * it, so counting single addresses would give each client 2^64 budgets. Hosts that share a /64 share
+ * a budget, as hosts behind one IPv4 NAT do. An IPv6 address that carries an IPv4 one (IPv4-mapped in
+ * any spelling, or NAT64's well-known prefix 64:ff9b::/96) is that IPv4 client. Anything that is not
+ * an address is returned normalised, as it was counted before.
+ */
+export const clientKey = (raw: string): string => {
+  const address = normalizeAddress(raw)
+  if (!net.isIPv6(address.replace(/%.*$/, ""))) return address
+  const g = ipv6Groups(address)
+  const zeroUpTo = (n: number) => g.slice(0, n).every((group) => group === 0)
+  if (zeroUpTo(5) && g[5] === 0xffff) return ipv4Of(g[6]!, g[7]!)
+  if (g[0] === 0x64 && g[1] === 0xff9b && g.slice(2, 6).every((group) => group === 0)) return ipv4Of(g[6]!, g[7]!)
+  const network = g.slice(0, 4)
+  while (network.length > 0 && network[network.length - 1] === 0) network.pop()
+  return `${network.map((group) => group.toString(16)).join(":")}::/64` // RFC 5952's form
 }

@@ -1,8 +1,9 @@
 /**
  * Limits: message rates (per client IP, per user; `effect/persistence` RateLimiter) and AUTH failure
  * lockouts (per IP+username and per IP, with a growing delay), kept in memory or, when REDIS_URL is
- * set, in Redis so every gateway process shares them. A store that fails lets traffic through (logged):
- * an outage of Redis must not stop mail. Connection counts are per process and live in smtp/Session.ts.
+ * set, in Redis so every gateway process shares them. An IPv6 client counts by its /64 (`clientKey`).
+ * A store that fails lets traffic through (logged): an outage of Redis must not stop mail. Connection
+ * counts are per process and live in smtp/Session.ts.
  */
 import * as crypto from "node:crypto"
 import { NodeRedis } from "@effect/platform-node"
@@ -12,7 +13,7 @@ import { setNewest } from "../BoundedMap.ts"
 import { GatewayConfig } from "../Config.ts"
 import { Replies } from "../domain/Reply.ts"
 import { authFailures } from "../observability/Metrics.ts"
-import { makeCidrMatcher, normalizeAddress } from "./Cidr.ts"
+import { clientKey, makeCidrMatcher, normalizeAddress } from "./Cidr.ts"
 
 /** A message over RATE_LIMIT_PER_IP or RATE_LIMIT_PER_USER: `451 4.7.1` with the wait. */
 export class RateLimited extends Schema.TaggedError<RateLimited>()("RateLimited", {
@@ -231,12 +232,12 @@ export const makeLimits = (lockouts: LockoutStore, timeout?: Duration.Duration) 
       )
 
     const consumeMessage = Effect.fnUntraced(function*(client: string, username: string) {
-      if (!isAllowlisted(client)) yield* consume("ip", normalizeAddress(client), limits.rateLimitPerIp)
+      if (!isAllowlisted(client)) yield* consume("ip", clientKey(client), limits.rateLimitPerIp)
       yield* consume("user", userKey(username), limits.rateLimitPerUser)
     }, Effect.withSpan("Limits.consumeMessage"))
 
     const checkAuth = Effect.fnUntraced(function*(client: string, username: string) {
-      const ip = normalizeAddress(client)
+      const ip = clientKey(client)
       if (yield* lockouts.isBlocked(`ip:${ip}`).pipe(orOpen("check", false))) return yield* lockedOut("ip")
       if (yield* lockouts.isBlocked(`pair:${ip}:${userKey(username)}`).pipe(orOpen("check", false))) {
         return yield* lockedOut("pair")
@@ -244,7 +245,7 @@ export const makeLimits = (lockouts: LockoutStore, timeout?: Duration.Duration) 
     }, Effect.withSpan("Limits.checkAuth"))
 
     const recordAuthFailure = Effect.fn("Limits.recordAuthFailure")(function*(client: string, username: string) {
-      const ip = normalizeAddress(client)
+      const ip = clientKey(client)
       const pair = `pair:${ip}:${userKey(username)}`
       const pairCount = yield* lockouts.increment(pair, authFailureWindow).pipe(orOpen("count", 1))
       const ipCount = yield* lockouts.increment(`ip:${ip}`, authFailureWindow).pipe(orOpen("count", 1))
@@ -259,7 +260,7 @@ export const makeLimits = (lockouts: LockoutStore, timeout?: Duration.Duration) 
       }
       if (blocked) {
         yield* Effect.logWarning("AUTH blocked after repeated failures").pipe(
-          Effect.annotateLogs({ client: ip, failures: pairCount, failures_from_ip: ipCount })
+          Effect.annotateLogs({ client: normalizeAddress(client), counted_as: ip, failures: pairCount, failures_from_ip: ipCount })
         )
       }
       const delay = Duration.min(

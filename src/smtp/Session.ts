@@ -12,7 +12,7 @@ import { type Envelope, SessionInfo, type TlsInfo } from "../domain/Envelope.ts"
 import type { Credentials, Principal } from "../domain/Principal.ts"
 import { Replies, type Reply } from "../domain/Reply.ts"
 import { activeConnections, connectionDuration, connectionsTotal } from "../observability/Metrics.ts"
-import { normalizeAddress } from "../policy/Cidr.ts"
+import { clientKey } from "../policy/Cidr.ts"
 import type { EnvelopePolicy } from "../policy/EnvelopePolicy.ts"
 import { Limits } from "../policy/Limits.ts"
 import type { Submission } from "../Submission.ts"
@@ -173,7 +173,7 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
   let draining = false
   const { limits: configLimits } = yield* GatewayConfig
   const limits = yield* Limits
-  // connections per process and per client IP, counted synchronously at connect (both listeners)
+  // connections per process and per client (IP, or IPv6 /64), counted synchronously at connect (both listeners)
   const ipOf = new Map<string, string>()
   const perIp = new Map<string, number>()
   const release = (id: string) => {
@@ -257,11 +257,14 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
     callback(Hook.toServerError(reply))
   }
 
-  /** MAX_CONNECTIONS (this process) and MAX_CONNECTIONS_PER_IP (ALLOWLIST_CIDRS exempt); counts the connection when it fits. */
+  /**
+   * MAX_CONNECTIONS (this process) and MAX_CONNECTIONS_PER_IP (ALLOWLIST_CIDRS exempt; an IPv6 client
+   * counted by its /64, see `clientKey`); counts the connection when it fits.
+   */
   const admit = (s: SMTPServerSession): boolean => {
-    const ip = normalizeAddress(s.remoteAddress)
+    const ip = clientKey(s.remoteAddress)
     if (ipOf.size >= configLimits.maxConnections) return false
-    if (!limits.isAllowlisted(ip) && (perIp.get(ip) ?? 0) >= configLimits.maxConnectionsPerIp) return false
+    if (!limits.isAllowlisted(s.remoteAddress) && (perIp.get(ip) ?? 0) >= configLimits.maxConnectionsPerIp) return false
     ipOf.set(s.id, ip)
     perIp.set(ip, (perIp.get(ip) ?? 0) + 1)
     return true

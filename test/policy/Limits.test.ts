@@ -51,6 +51,25 @@ describe("Limits (memory)", () => {
       yield* l.consumeMessage("192.0.2.1", "carol")
     }).pipe(Effect.provide(limits({ RATE_LIMIT_PER_IP: "2" }))))
 
+  it.effect("counts the per-IP rate of IPv6 clients by their /64", () =>
+    Effect.gen(function*() {
+      const l = yield* Limits
+      yield* l.consumeMessage("2001:db8:1:2::1", "alice")
+      yield* l.consumeMessage("2001:db8:1:2::2", "bob")
+      const refused = yield* Effect.flip(l.consumeMessage("2001:db8:1:2:ffff::3", "carol"))
+      assert.strictEqual(refused.scope, "ip")
+      yield* l.consumeMessage("2001:db8:1:3::1", "carol") // another /64
+    }).pipe(Effect.provide(limits({ RATE_LIMIT_PER_IP: "2" }))))
+
+  it.effect("blocks AUTH for the IPv6 /64 the failures came from, not only the address", () =>
+    Effect.gen(function*() {
+      const l = yield* Limits
+      yield* l.recordAuthFailure("2001:db8:1:2::1", "alice")
+      assert.isTrue((yield* l.recordAuthFailure("2001:db8:1:2::2", "alice")).blocked)
+      assert.strictEqual((yield* Effect.flip(l.checkAuth("2001:db8:1:2::3", "alice"))).scope, "pair")
+      yield* l.checkAuth("2001:db8:1:3::1", "alice")
+    }).pipe(Effect.provide(limits({ AUTH_FAILURE_LIMIT: "2" }))))
+
   it.effect("exempts ALLOWLIST_CIDRS from the per-IP rate, not from the per-user rate", () =>
     Effect.gen(function*() {
       const l = yield* Limits

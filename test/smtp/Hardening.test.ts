@@ -5,8 +5,11 @@ import { bareLineEndings, connectionsTotal } from "../../src/observability/Metri
 import { connect, type SmtpClient } from "../support/SmtpClient.ts"
 import { auth, b64, plain, secure, startListener, testConfig, transaction } from "./harness.ts"
 
-/** A PROXY protocol v1 line for a TCP4 client. */
-const proxyV1 = (address: string, port = 40000) => `PROXY TCP4 ${address} 192.0.2.1 ${port} 587\r\n`
+/** A PROXY protocol v1 line for a TCP4 client (TCP6 for an IPv6 one). */
+const proxyV1 = (address: string, port = 40000) =>
+  address.includes(":")
+    ? `PROXY TCP6 ${address} 2001:db8::25 ${port} 587\r\n`
+    : `PROXY TCP4 ${address} 192.0.2.1 ${port} 587\r\n`
 
 /** A PROXY protocol v2 header (PROXY command, TCP over IPv4). */
 const proxyV2 = (address: string, port = 40000) => {
@@ -458,6 +461,20 @@ describe("PROXY protocol", () => {
       assert.strictEqual((yield* b.readReply).code, 220)
       const c = yield* connect({ port: listener.port })
       yield* c.write(proxyV1("198.51.100.30", 40001))
+      assert.strictEqual(yield* lastLine(c), "421 4.7.0 Too many connections, try again later")
+    }))
+
+  it.live("counts IPv6 clients behind the proxy by their /64", () =>
+    Effect.gen(function*() {
+      const { listener } = yield* startListener(testConfig({ TRUSTED_PROXIES: "127.0.0.1/32", MAX_CONNECTIONS_PER_IP: "1" }))
+      const a = yield* connect({ port: listener.port })
+      yield* a.write(proxyV1("2001:db8:1:2::1"))
+      assert.strictEqual((yield* a.readReply).code, 220)
+      const b = yield* connect({ port: listener.port })
+      yield* b.write(proxyV1("2001:db8:1:3::1"))
+      assert.strictEqual((yield* b.readReply).code, 220)
+      const c = yield* connect({ port: listener.port })
+      yield* c.write(proxyV1("2001:db8:1:2:abcd::9"))
       assert.strictEqual(yield* lastLine(c), "421 4.7.0 Too many connections, try again later")
     }))
 
