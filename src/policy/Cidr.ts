@@ -41,9 +41,9 @@ export const makeCidrMatcher = (cidrs: ReadonlyArray<string>): CidrMatcher => {
   }
 }
 
-/** The eight 16-bit groups of a valid IPv6 address (any spelling: `::`, a dotted IPv4 tail, a zone). */
+/** The eight 16-bit groups of a valid IPv6 address without a zone (any spelling: `::`, a dotted IPv4 tail). */
 const ipv6Groups = (address: string): Array<number> => {
-  let text = address.replace(/%.*$/, "")
+  let text = address
   const dotted = /(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text)
   if (dotted !== null) {
     const [a, b, c, d] = dotted.slice(1).map(Number) as [number, number, number, number]
@@ -70,11 +70,12 @@ const ipv4Of = (high: number, low: number) => [high >> 8, high & 0xff, low >> 8,
  */
 export const clientKey = (raw: string): string => {
   const address = normalizeAddress(raw)
-  if (!net.isIPv6(address.replace(/%.*$/, ""))) return address
-  const g = ipv6Groups(address)
-  const zeroUpTo = (n: number) => g.slice(0, n).every((group) => group === 0)
-  if (zeroUpTo(5) && g[5] === 0xffff) return ipv4Of(g[6]!, g[7]!)
-  if (g[0] === 0x64 && g[1] === 0xff9b && g.slice(2, 6).every((group) => group === 0)) return ipv4Of(g[6]!, g[7]!)
+  const unzoned = address.replace(/%.*$/, "")
+  if (!net.isIPv6(unzoned)) return address
+  const g = ipv6Groups(unzoned)
+  const zero = (from: number, to: number) => g.slice(from, to).every((group) => group === 0)
+  // IPv4-mapped (::ffff:0:0/96) or NAT64's well-known prefix (64:ff9b::/96): the IPv4 client inside
+  if ((zero(0, 5) && g[5] === 0xffff) || (g[0] === 0x64 && g[1] === 0xff9b && zero(2, 6))) return ipv4Of(g[6]!, g[7]!)
   const network = g.slice(0, 4)
   while (network.length > 0 && network[network.length - 1] === 0) network.pop()
   return `${network.map((group) => group.toString(16)).join(":")}::/64` // RFC 5952's form
