@@ -237,30 +237,30 @@ export const makeLimits = (lockouts: LockoutStore, timeout?: Duration.Duration) 
     }, Effect.withSpan("Limits.consumeMessage"))
 
     const checkAuth = Effect.fnUntraced(function*(client: string, username: string) {
-      const ip = clientKey(client)
-      if (yield* lockouts.isBlocked(`ip:${ip}`).pipe(orOpen("check", false))) return yield* lockedOut("ip")
-      if (yield* lockouts.isBlocked(`pair:${ip}:${userKey(username)}`).pipe(orOpen("check", false))) {
+      const counted = clientKey(client)
+      if (yield* lockouts.isBlocked(`ip:${counted}`).pipe(orOpen("check", false))) return yield* lockedOut("ip")
+      if (yield* lockouts.isBlocked(`pair:${counted}:${userKey(username)}`).pipe(orOpen("check", false))) {
         return yield* lockedOut("pair")
       }
     }, Effect.withSpan("Limits.checkAuth"))
 
     const recordAuthFailure = Effect.fn("Limits.recordAuthFailure")(function*(client: string, username: string) {
-      const ip = clientKey(client)
-      const pair = `pair:${ip}:${userKey(username)}`
+      const counted = clientKey(client)
+      const pair = `pair:${counted}:${userKey(username)}`
       const pairCount = yield* lockouts.increment(pair, authFailureWindow).pipe(orOpen("count", 1))
-      const ipCount = yield* lockouts.increment(`ip:${ip}`, authFailureWindow).pipe(orOpen("count", 1))
+      const ipCount = yield* lockouts.increment(`ip:${counted}`, authFailureWindow).pipe(orOpen("count", 1))
       let blocked = false
       if (pairCount >= auth.failureLimit) {
         yield* lockouts.block(pair, authBlockDuration).pipe(orOpen<void>("block", undefined))
         blocked = true
       }
       if (ipCount >= auth.failureLimit * ipFailureFactor) {
-        yield* lockouts.block(`ip:${ip}`, authBlockDuration).pipe(orOpen<void>("block", undefined))
+        yield* lockouts.block(`ip:${counted}`, authBlockDuration).pipe(orOpen<void>("block", undefined))
         blocked = true
       }
       if (blocked) {
         yield* Effect.logWarning("AUTH blocked after repeated failures").pipe(
-          Effect.annotateLogs({ client: normalizeAddress(client), counted_as: ip, failures: pairCount, failures_from_ip: ipCount })
+          Effect.annotateLogs({ client: normalizeAddress(client), counted_as: counted, failures: pairCount, failures_from_ip: ipCount })
         )
       }
       const delay = Duration.min(

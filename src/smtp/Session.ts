@@ -174,15 +174,15 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
   const { limits: configLimits } = yield* GatewayConfig
   const limits = yield* Limits
   // connections per process and per client (IP, or IPv6 /64), counted synchronously at connect (both listeners)
-  const ipOf = new Map<string, string>()
-  const perIp = new Map<string, number>()
+  const clientOf = new Map<string, string>()
+  const perClient = new Map<string, number>()
   const release = (id: string) => {
-    const ip = ipOf.get(id)
-    if (ip === undefined) return
-    ipOf.delete(id)
-    const n = (perIp.get(ip) ?? 1) - 1
-    if (n <= 0) perIp.delete(ip)
-    else perIp.set(ip, n)
+    const client = clientOf.get(id)
+    if (client === undefined) return
+    clientOf.delete(id)
+    const n = (perClient.get(client) ?? 1) - 1
+    if (n <= 0) perClient.delete(client)
+    else perClient.set(client, n)
   }
 
   /**
@@ -262,11 +262,11 @@ export const makeSessions: Effect.Effect<Sessions, never, Scope.Scope | HookServ
    * counted by its /64, see `clientKey`); counts the connection when it fits.
    */
   const admit = (s: SMTPServerSession): boolean => {
-    const ip = clientKey(s.remoteAddress)
-    if (ipOf.size >= configLimits.maxConnections) return false
-    if (!limits.isAllowlisted(s.remoteAddress) && (perIp.get(ip) ?? 0) >= configLimits.maxConnectionsPerIp) return false
-    ipOf.set(s.id, ip)
-    perIp.set(ip, (perIp.get(ip) ?? 0) + 1)
+    const client = clientKey(s.remoteAddress)
+    if (clientOf.size >= configLimits.maxConnections) return false
+    if (!limits.isAllowlisted(s.remoteAddress) && (perClient.get(client) ?? 0) >= configLimits.maxConnectionsPerIp) return false
+    clientOf.set(s.id, client)
+    perClient.set(client, (perClient.get(client) ?? 0) + 1)
     return true
   }
 
