@@ -67,6 +67,8 @@ export interface GatewayConfigShape {
     readonly dataRateWindow: Duration.Duration
     /** Transactions (MAIL commands) per connection. */
     readonly maxMessagesPerSession: number
+    /** Bytes of messages held at once, across every session (smtp/MessageMemory.ts); at least maxMessageSize. */
+    readonly maxMessageMemory: number
   }
   /** Limits on hostile MIME, checked before mailparser runs (message/MimeLimits.ts). */
   readonly mime: {
@@ -122,6 +124,24 @@ const integer = (min: number, max: number, what = "a whole number"): Check<numbe
     : { problem: `"${value}" is not ${what} from ${min} to ${max}` }
 }
 const port = integer(0, 65535, "a port number")
+
+/** The memory this process may use: its cgroup's limit (a container's), else the machine's. */
+export const processMemory = (): number => {
+  const constrained = process.constrainedMemory() // 0, or 2^64 on some systems, when unconstrained
+  return constrained > 0 ? Math.min(constrained, os.totalmem()) : os.totalmem()
+}
+
+/** A size in bytes, or a percentage of `processMemory()` (`25%`), as bytes. */
+const bytesOrPercent = (value: string): { readonly ok: number } | { readonly problem: string } => {
+  const percent = /^(\d+(?:\.\d+)?)%$/.exec(value)
+  if (percent !== null) {
+    const p = Number(percent[1])
+    return p > 0 && p <= 100
+      ? { ok: Math.floor(processMemory() * p / 100) }
+      : { problem: `"${value}" is not a percentage above 0 and at most 100` }
+  }
+  return integer(1024, Number.MAX_SAFE_INTEGER, "a size in bytes or a percentage like 25%")(value)
+}
 const fraction: Check<number> = (value) => {
   const n = Number(value)
   return value !== "" && Number.isFinite(n) && n >= 0 && n <= 1
@@ -201,6 +221,23 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
     problems.push("TLS_CERT_PATH, TLS_KEY_PATH: set both, or neither for a self-signed certificate")
   }
 
+  const maxMessageSize = withDefault(
+    yield* read("MAX_MESSAGE_SIZE", integer(1024, 1_073_741_824, "a size in bytes"), "set a size in bytes"),
+    26_214_400
+  )
+  const memoryLimit = yield* read(
+    "MAX_MESSAGE_MEMORY",
+    bytesOrPercent,
+    "set a size in bytes or a percentage of the process's memory, like 25%"
+  )
+  if (Option.isSome(memoryLimit) && memoryLimit.value < maxMessageSize) {
+    problems.push(
+      `MAX_MESSAGE_MEMORY: ${memoryLimit.value} bytes is less than MAX_MESSAGE_SIZE (${maxMessageSize}), so a message of the largest size could never be taken; set at least ${maxMessageSize}`
+    )
+  }
+  // by default a quarter of the process's memory, and never less than one message of the largest size
+  const maxMessageMemory = Option.getOrElse(memoryLimit, () => Math.max(Math.floor(processMemory() / 4), maxMessageSize))
+
   const config: GatewayConfigShape = {
     smtp: {
       host: withDefault(yield* read("SMTP_HOST", text, "set an address to listen on"), "0.0.0.0"),
@@ -257,10 +294,7 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
       dedupeWindow: withDefault(yield* read("DEDUPE_WINDOW", duration, durationFix), Duration.hours(24))
     },
     limits: {
-      maxMessageSize: withDefault(
-        yield* read("MAX_MESSAGE_SIZE", integer(1024, 1_073_741_824, "a size in bytes"), "set a size in bytes"),
-        26_214_400
-      ),
+      maxMessageSize,
       maxRecipients: withDefault(yield* read("MAX_RECIPIENTS", integer(1, 100_000), countFix), 100),
       maxConnections: withDefault(yield* read("MAX_CONNECTIONS", integer(1, 1_000_000), countFix), 1000),
       maxConnectionsPerIp: withDefault(yield* read("MAX_CONNECTIONS_PER_IP", integer(1, 1_000_000), countFix), 10),
@@ -275,7 +309,8 @@ export const loadGatewayConfig: Effect.Effect<GatewayConfigShape, ConfigInvalid>
         128
       ),
       dataRateWindow: withDefault(yield* read("DATA_RATE_WINDOW", duration, durationFix), Duration.seconds(30)),
-      maxMessagesPerSession: withDefault(yield* read("MAX_MESSAGES_PER_SESSION", integer(1, 1_000_000), countFix), 100)
+      maxMessagesPerSession: withDefault(yield* read("MAX_MESSAGES_PER_SESSION", integer(1, 1_000_000), countFix), 100),
+      maxMessageMemory
     },
     mime: {
       maxParts: withDefault(yield* read("MIME_MAX_PARTS", integer(1, 1_000_000), countFix), defaultMimeLimits.maxParts),

@@ -28,6 +28,7 @@ import { EnvelopePolicy } from "./policy/EnvelopePolicy.ts"
 import { Limits } from "./policy/Limits.ts"
 import { Senders } from "./policy/Senders.ts"
 import { SmtpListener } from "./smtp/Listener.ts"
+import { MessageMemory } from "./smtp/MessageMemory.ts"
 import { Certificates } from "./smtp/Tls.ts"
 import { Submission } from "./Submission.ts"
 
@@ -98,7 +99,8 @@ const ServicesLive = Layer.mergeAll(
     Layer.provide([Parser.layerConfig, Validator.layerNoDeps, Delivery.layer.pipe(Layer.provide(UpstreamLive))])
   ),
   Certificates.layer,
-  Recorder.layer
+  Recorder.layer,
+  MessageMemory.layer
 ).pipe(Layer.provideMerge(AuthenticatorLive), Layer.provide(SendersLive), Layer.provideMerge(Limits.layer))
 
 /**

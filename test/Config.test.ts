@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Option, Redacted } from "effect"
-import { loadGatewayConfig } from "../src/Config.ts"
+import { loadGatewayConfig, processMemory } from "../src/Config.ts"
 
 const load = (env: Record<string, string>) =>
   loadGatewayConfig.pipe(Effect.provide(ConfigProvider.layer(ConfigProvider.fromEnv({ env }))))
@@ -86,5 +86,24 @@ describe("GatewayConfig", () => {
     Effect.gen(function*() {
       const error = yield* Effect.flip(load({ UPSTREAM: "cakemail" }))
       assert.match(error.problems[0]!, /^UPSTREAM: cakemail needs AUTH_BACKEND=cakemail/)
+    }))
+
+  it.effect("holds messages in a quarter of the process's memory by default, never less than one message of MAX_MESSAGE_SIZE", () =>
+    Effect.gen(function*() {
+      assert.strictEqual((yield* load({})).limits.maxMessageMemory, Math.max(Math.floor(processMemory() / 4), 26_214_400))
+      assert.strictEqual((yield* load({ MAX_MESSAGE_MEMORY: "50%" })).limits.maxMessageMemory, Math.floor(processMemory() / 2))
+      assert.strictEqual((yield* load({ MAX_MESSAGE_MEMORY: "104857600" })).limits.maxMessageMemory, 104_857_600)
+    }))
+
+  it.effect("refuses a MAX_MESSAGE_MEMORY that could never hold a message of MAX_MESSAGE_SIZE, or is not a size", () =>
+    Effect.gen(function*() {
+      const small = yield* Effect.flip(load({ MAX_MESSAGE_SIZE: "2000000", MAX_MESSAGE_MEMORY: "1000000" }))
+      assert.deepStrictEqual(small.problems, [
+        "MAX_MESSAGE_MEMORY: 1000000 bytes is less than MAX_MESSAGE_SIZE (2000000), so a message of the largest size could never be taken; set at least 2000000"
+      ])
+      const bad = yield* Effect.flip(load({ MAX_MESSAGE_MEMORY: "0%" }))
+      assert.match(bad.problems[0]!, /^MAX_MESSAGE_MEMORY: "0%" is not a percentage above 0 and at most 100; set a size in bytes or a percentage/)
+      const words = yield* Effect.flip(load({ MAX_MESSAGE_MEMORY: "lots" }))
+      assert.match(words.problems[0]!, /^MAX_MESSAGE_MEMORY: "lots" is not a size in bytes or a percentage like 25%/)
     }))
 })

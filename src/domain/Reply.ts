@@ -58,6 +58,8 @@ export const Replies = {
   tooManyRecipients: reply(452, "4.5.3", "Too many recipients"),
   messageTooLarge: (limit: number) => reply(552, "5.3.4", `Message size exceeds the limit of ${limit} bytes`),
   messageRejected: (reason: string) => reply(554, "5.6.0", `Message rejected: ${reason}`),
+  /** RFC 1870 §6.2, RFC 3463 X.3.1: MAX_MESSAGE_MEMORY is taken by other messages now; the client retries. */
+  insufficientStorage: reply(452, "4.3.1", "Insufficient system storage, try again later"),
 
   rateLimited: (seconds: number) =>
     reply(451, "4.7.1", `Rate limit exceeded, try again in ${Math.max(1, Math.ceil(seconds))} seconds`),

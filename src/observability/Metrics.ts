@@ -52,3 +52,6 @@ export const bareLineEndings = Metric.counter("smtp_bare_line_endings_total", {
   description: "Bare CR or LF line endings found in message bodies (each rewritten to CRLF)",
   incremental: true
 })
+export const messageMemory = Metric.gauge("smtp_message_memory_bytes", {
+  description: "Bytes of messages held now, across every session (at most MAX_MESSAGE_MEMORY)"
+})

@@ -1,8 +1,10 @@
 /**
  * Reads the DATA stream smtp-server hands to onData into a `ReceivedMessage` (bytes, size, SHA-256),
  * keeping at most `limit` bytes: past the limit it drains and discards the rest (memory stays flat
- * whatever the client sends), then fails with MessageTooLarge. Bare CR and bare LF are rewritten to
- * CRLF on the way in (and counted), so nothing downstream sees them. It does not parse the message.
+ * whatever the client sends), then fails with MessageTooLarge. Each byte kept is first taken from the
+ * message's MessageMemory reservation; when the process's share is gone it stops keeping, drains the rest
+ * and fails with InsufficientStorage. Bare CR and bare LF are rewritten to CRLF on the way in (and
+ * counted), so nothing downstream sees them. It does not parse the message.
  */
 import * as crypto from "node:crypto"
 import type { Readable } from "node:stream"
@@ -11,6 +13,7 @@ import { MessageTooLarge } from "../domain/Errors.ts"
 import type { ReceivedMessage } from "../domain/Message.ts"
 import { Replies } from "../domain/Reply.ts"
 import { sharedFromBytes } from "../message/Parser.ts"
+import type { InsufficientStorage, Reservation } from "./MessageMemory.ts"
 
 /** The client went away (or the stream broke) before the final dot: a temporary failure, if anyone still listens. */
 export class BodyInterrupted extends Schema.TaggedError<BodyInterrupted>()("BodyInterrupted", {
@@ -129,20 +132,34 @@ export interface NormalizedMessage extends ReceivedMessage {
 
 export const readBody = (
   stream: DataStream,
-  limit: number
-): Effect.Effect<NormalizedMessage, MessageTooLarge | BodyInterrupted> =>
-  Effect.callback<NormalizedMessage, MessageTooLarge | BodyInterrupted>((resume) => {
+  limit: number,
+  memory: Reservation
+): Effect.Effect<NormalizedMessage, MessageTooLarge | InsufficientStorage | BodyInterrupted> =>
+  Effect.callback<NormalizedMessage, MessageTooLarge | InsufficientStorage | BodyInterrupted>((resume) => {
     if (stream.destroyed) {
       return resume(Effect.fail(new BodyInterrupted({ detail: "the stream was closed before the message was read" })))
     }
     const received = makeAccumulator(limit)
     const hash = crypto.createHash("sha256")
+    let size = 0
     let over = false
+    let refused: InsufficientStorage | undefined
+    const keepNothing = () => {
+      received.clear()
+      memory.release()
+    }
     const normalizer = makeLineEndingNormalizer((chunk) => {
       if (over) return
-      if (received.size + chunk.length > limit) {
+      size += chunk.length
+      if (size > limit) {
         over = true
-        received.clear()
+        keepNothing()
+        return
+      }
+      if (refused !== undefined) return // still counted: a message too large is refused as such
+      if (!memory.take(chunk.length)) {
+        refused = memory.refusal(size)
+        keepNothing()
         return
       }
       received.push(chunk)
@@ -161,6 +178,7 @@ export const readBody = (
       cleanup()
       normalizer.end()
       if (over || stream.sizeExceeded === true) return resume(Effect.fail(new MessageTooLarge({ limit })))
+      if (refused !== undefined) return resume(Effect.fail(refused))
       const raw = received.bytes()
       received.clear()
       resume(Effect.succeed({

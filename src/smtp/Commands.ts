@@ -20,6 +20,7 @@ import { AuthLockedOut, Limits } from "../policy/Limits.ts"
 import { Submission } from "../Submission.ts"
 import { type DataStream, readBody } from "./Body.ts"
 import { refusalOf } from "./Hook.ts"
+import { type InsufficientStorage, MessageMemory } from "./MessageMemory.ts"
 import { Session, type SessionState } from "./Session.ts"
 
 /** MAIL, RCPT or DATA without a successful AUTH (smtp-server normally answers this itself). */
@@ -181,6 +182,17 @@ const bodyTypeOf = (args: SMTPServerAddress["args"]): BodyType => {
   return typeof body === "string" && body.toUpperCase() === "8BITMIME" ? "8BITMIME" : "7BIT"
 }
 
+/** The SIZE= of MAIL, when declared (smtp-server has checked it is a number within the limit). */
+const declaredSizeOf = (args: SMTPServerAddress["args"]): number | undefined => {
+  const size = args === false ? undefined : Number(args.SIZE)
+  return size !== undefined && Number.isSafeInteger(size) && size > 0 ? size : undefined
+}
+
+const logMemoryFull = (error: InsufficientStorage) =>
+  Effect.logWarning("MAX_MESSAGE_MEMORY is taken by other messages; the client is asked to retry").pipe(
+    Effect.annotateLogs({ needed: error.needed, held: error.held, limit: error.limit })
+  )
+
 const logRefusal = (command: string) => (error: { readonly reply: Reply }) =>
   Effect.logInfo(`${command} refused`).pipe(Effect.annotateLogs({ reply: error.reply.toString() }))
 
@@ -189,6 +201,7 @@ export const mailFrom = Effect.fnUntraced(
   function*(address: SMTPServerAddress) {
     const session = yield* Session
     const policy = yield* EnvelopePolicy
+    const memory = yield* MessageMemory
     const { limits } = yield* GatewayConfig
     const state = yield* Ref.updateAndGet(session.state, (s) => ({
       ...s,
@@ -201,6 +214,8 @@ export const mailFrom = Effect.fnUntraced(
     }
     const sender = yield* mailboxOf(address.address)
     yield* policy.checkSender(principal, sender)
+    const declared = declaredSizeOf(address.args)
+    if (declared !== undefined) yield* memory.checkFree(declared).pipe(Effect.tapError(logMemoryFull))
     yield* policy.checkRate(session.remoteAddress, principal)
     const envelope = new Envelope({ mailFrom: sender, rcptTo: [], bodyType: bodyTypeOf(address.args) })
     yield* Ref.update(session.state, (s) => ({ ...s, envelope: Option.some(envelope) }))
@@ -257,6 +272,7 @@ export const data = Effect.fnUntraced(function*(stream: DataStream) {
   const session = yield* Session
   const config = yield* GatewayConfig
   const submission = yield* Submission
+  const memory = yield* MessageMemory
   const state = yield* Ref.updateAndGet(session.state, (s) => ({ ...s, inData: true }))
   const principal = yield* principalOf(state)
   if (Option.isNone(state.envelope)) return yield* Effect.die("DATA without a transaction")
@@ -265,8 +281,16 @@ export const data = Effect.fnUntraced(function*(stream: DataStream) {
 
   let size = 0
   return yield* Effect.gen(function*() {
+    // the message's bytes count against MAX_MESSAGE_MEMORY until its transaction ends (the scope below)
+    const reservation = yield* memory.reserve
     // a DataTooSlow reply (421) is sent at once and closes the connection: Listener.ts's onData does it
-    const message = yield* Effect.raceFirst(readBody(stream, config.limits.maxMessageSize), dataRateWatchdog(stream))
+    const message = yield* Effect.raceFirst(
+      readBody(stream, config.limits.maxMessageSize, reservation).pipe(
+        Effect.tapErrorTag("InsufficientStorage", logMemoryFull)
+      ),
+      dataRateWatchdog(stream)
+    )
+    yield* memory.report
     yield* Ref.update(session.state, (s) => ({ ...s, delivering: true }))
     if (message.bareLineEndings > 0) {
       yield* Metric.update(bareLineEndings, message.bareLineEndings)
@@ -288,6 +312,7 @@ export const data = Effect.fnUntraced(function*(stream: DataStream) {
     yield* Ref.update(session.state, (s) => ({ ...s, messages: s.messages + 1 }))
     return reply
   }).pipe(
+    Effect.scoped,
     Effect.onExit((exit) => {
       const reply = Exit.isSuccess(exit) ? Option.some(exit.value) : refusalOf(exit.cause)
       return Effect.andThen(

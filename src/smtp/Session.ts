@@ -17,6 +17,7 @@ import type { EnvelopePolicy } from "../policy/EnvelopePolicy.ts"
 import { Limits } from "../policy/Limits.ts"
 import type { Submission } from "../Submission.ts"
 import * as Hook from "./Hook.ts"
+import type { MessageMemory } from "./MessageMemory.ts"
 
 // ---- the Session service ---------------------------------------------------------------------
 
@@ -59,7 +60,7 @@ export interface SessionShape {
 export class Session extends Context.Service<Session, SessionShape>()("smtp-gateway/smtp/Session") {}
 
 /** The services hooks use, besides their Session. */
-export type HookServices = GatewayConfig | Authenticator | EnvelopePolicy | Limits | Submission
+export type HookServices = GatewayConfig | Authenticator | EnvelopePolicy | Limits | MessageMemory | Submission
 
 // ---- the sessions of a listener ---------------------------------------------------------------
 

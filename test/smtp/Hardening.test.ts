@@ -182,6 +182,39 @@ describe("message rates", () => {
     }))
 })
 
+describe("message memory", () => {
+  /** 40 lines of 1,000 bytes: 40 KB of body, no final dot. */
+  const body40k = "Subject: big\r\n\r\n" + `${"x".repeat(998)}\r\n`.repeat(40)
+
+  it.live("answers 452 4.3.1 while other messages hold MAX_MESSAGE_MEMORY, and takes the message once they are gone", () =>
+    Effect.gen(function*() {
+      const { listener, memory, seen } = yield* startListener(
+        testConfig({ MAX_MESSAGE_SIZE: "65536", MAX_MESSAGE_MEMORY: "65536" })
+      )
+      const first = yield* connect({ port: listener.port })
+      yield* secure(first)
+      yield* auth(first, "alice", "secret")
+      yield* first.write("MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n")
+      for (let i = 0; i < 3; i++) yield* first.readReply
+      yield* first.write(body40k) // and no final dot yet: the message is held
+      yield* eventually(Effect.sync(() => memory.held() >= 40_000))
+
+      const second = yield* connect({ port: listener.port })
+      yield* secure(second)
+      yield* auth(second, "bob", "secret")
+      yield* second.sendLine("MAIL FROM:<bob@example.test> SIZE=40000")
+      assert.strictEqual(yield* lastLine(second), "452 4.3.1 Insufficient system storage, try again later")
+      const refused = yield* transaction(second, "bob", body40k)
+      assert.deepStrictEqual(refused.slice(2), ["354 End data with <CR><LF>.<CR><LF>", "452 4.3.1 Insufficient system storage, try again later"])
+
+      yield* first.write(".\r\n")
+      assert.match(yield* lastLine(first), /^250 2\.0\.0 /)
+      assert.strictEqual(memory.held(), 0)
+      assert.match((yield* transaction(second, "bob", body40k))[3]!, /^250 2\.0\.0 /)
+      assert.deepStrictEqual(seen.submissions.map((s) => s.principal.username), ["alice", "bob"])
+    }))
+})
+
 describe("AUTH brute force", () => {
   it.live("allows three failures per connection, the third answered 421 4.7.0 and closing", () =>
     Effect.gen(function*() {

@@ -18,6 +18,7 @@ import { EnvelopePolicy } from "../../src/policy/EnvelopePolicy.ts"
 import { Limits } from "../../src/policy/Limits.ts"
 import { Senders } from "../../src/policy/Senders.ts"
 import { SmtpListener } from "../../src/smtp/Listener.ts"
+import { MessageMemory } from "../../src/smtp/MessageMemory.ts"
 import { Certificates } from "../../src/smtp/Tls.ts"
 import { Submission, type SubmissionInput } from "../../src/Submission.ts"
 import type { SmtpClient } from "../support/SmtpClient.ts"
@@ -108,6 +109,7 @@ export const listenerLayer = (config: GatewayConfigShape, certificates = Certifi
     Layer.provide(certificates),
     Layer.provide(EnvelopePolicy.layerNoDeps.pipe(Layer.provide(Senders.layerPrincipal))),
     Layer.provideMerge(Limits.layerMemory),
+    Layer.provideMerge(MessageMemory.layer),
     Layer.provide(Layer.mergeAll(AuthenticatorDouble, SubmissionDouble)),
     Layer.provideMerge(Seen.layer),
     Layer.provide(GatewayConfig.layerWith(config)),
@@ -120,7 +122,11 @@ export const startListener = (config: GatewayConfigShape, certificates = Certifi
     const scope = yield* Scope.make()
     yield* Effect.addFinalizer((exit) => Scope.close(scope, exit))
     const context = yield* Layer.buildWithScope(listenerLayer(config, certificates), scope)
-    return { listener: Context.get(context, SmtpListener), seen: Context.get(context, Seen) }
+    return {
+      listener: Context.get(context, SmtpListener),
+      seen: Context.get(context, Seen),
+      memory: Context.get(context, MessageMemory)
+    }
   })
 
 export const b64 = (s: string) => Buffer.from(s, "utf8").toString("base64")
