@@ -1,9 +1,10 @@
 /**
- * The JSON body of an upstream call that carries attachments: the text `JSON.stringify` would give if
- * every attachment content in the value (a Uint8Array, or a `ReceivedBase64`) were its base64 string,
- * without ever holding that text. Bytes are base64-encoded slice by slice as the socket takes them, and
- * base64 as received is copied out of the message slice by slice, without its line breaks; a 25 MB
- * message no longer becomes a base64 copy, a JSON string and its UTF-8 bytes (three more copies) at once.
+ * The JSON of a message that carries attachments, for an upstream call's body or the outbox's
+ * `<id>.json`: the text `JSON.stringify` would give if every attachment content in the value (a
+ * Uint8Array, or a `ReceivedBase64`) were its base64 string, without ever holding that text. Bytes are
+ * base64-encoded slice by slice as the socket (or the file) takes them, and base64 as received is copied
+ * out of the message slice by slice, without its line breaks; a 25 MB message no longer becomes a base64
+ * copy, a JSON string and its UTF-8 bytes (three more copies) at once.
  */
 import { Stream } from "effect"
 import { HttpBody } from "effect/http"
@@ -29,40 +30,46 @@ const hasBytes = (v: unknown): boolean =>
 /**
  * The value as JSON text pieces and raw attachment bytes, in order; the same rules as JSON.stringify
  * for plain data (object keys in insertion order, `undefined` and functions left out of objects and
- * written as `null` in arrays). What holds no bytes is written by JSON.stringify itself.
+ * written as `null` in arrays), and its layout when `indent` is given (as `JSON.stringify(v, null, indent)`).
+ * What holds no bytes is written by JSON.stringify itself.
  */
-const segmentsOf = (value: unknown): Array<Segment> => {
+const segmentsOf = (value: unknown, indent: number): Array<Segment> => {
   const segments: Array<Segment> = []
   let text = ""
-  const write = (v: unknown): void => {
+  // JSON.stringify's layout for an indent: a line break and the depth's padding before each item
+  const lineAt = (depth: number) => indent === 0 ? "" : "\n" + " ".repeat(indent * depth)
+  const colon = indent === 0 ? ":" : ": "
+  const plain = (v: unknown, depth: number) =>
+    (JSON.stringify(v, null, indent) ?? "null").replaceAll("\n", lineAt(depth)) // a JSON string has no raw line break
+  const write = (v: unknown, depth: number): void => {
     if (isContent(v)) {
       segments.push(text + "\"", v)
       text = "\""
     } else if (!hasBytes(v)) {
-      text += JSON.stringify(v) ?? "null"
+      text += plain(v, depth)
     } else if (Array.isArray(v)) {
       text += "["
       v.forEach((item, i) => {
-        if (i > 0) text += ","
+        text += (i > 0 ? "," : "") + lineAt(depth + 1)
         if (item === undefined || typeof item === "function") text += "null"
-        else write(item)
+        else write(item, depth + 1)
       })
-      text += "]"
+      text += lineAt(depth) + "]"
     } else if (typeof v === "object" && v !== null) {
       text += "{"
       let first = true
       for (const [key, item] of Object.entries(v)) {
         if (item === undefined || typeof item === "function") continue
-        text += `${first ? "" : ","}${JSON.stringify(key)}:`
+        text += `${first ? "" : ","}${lineAt(depth + 1)}${JSON.stringify(key)}${colon}`
         first = false
-        write(item)
+        write(item, depth + 1)
       }
-      text += "}"
+      text += lineAt(depth) + "}"
     } else {
-      text += JSON.stringify(v) ?? "null"
+      text += plain(v, depth)
     }
   }
-  write(value)
+  write(value, 0)
   segments.push(text)
   return segments
 }
@@ -91,8 +98,9 @@ export interface JsonBody {
   readonly chunks: () => Iterable<Uint8Array>
 }
 
-export const jsonBody = (value: unknown): JsonBody => {
-  const segments = segmentsOf(value)
+/** `indent`: lay the text out as `JSON.stringify(value, null, indent)` does (0: compact, for the wire). */
+export const jsonBody = (value: unknown, indent = 0): JsonBody => {
+  const segments = segmentsOf(value, indent)
   const byteLength = segments.reduce(
     (n, s) => n + (typeof s === "string" ? Buffer.byteLength(s, "utf8") : base64Length(s)),
     0

@@ -9,13 +9,19 @@ import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { Cause, Effect, Layer, Schema } from "effect"
 import { ConfigInvalid, GatewayConfig } from "../Config.ts"
-import { CanonicalMessage } from "../domain/Message.ts"
+import type { CanonicalMessage } from "../domain/Message.ts"
+import { jsonBody } from "./JsonBody.ts"
 import { type Outbound, Upstream, UpstreamError } from "./Upstream.ts"
 
 /** A gateway id is a file name here: no separators, no leading dot. */
 const safeId = /^[A-Za-z0-9_-][A-Za-z0-9._-]*$/
+const newline = Buffer.from("\n")
 
-const encodeCanonical = Schema.encodeSync(CanonicalMessage)
+/** The canonical message laid out for people (as `JSON.stringify(message, null, 2)`), made as it is written. */
+function* jsonFile(message: CanonicalMessage): Generator<Uint8Array> {
+  yield* jsonBody(message, 2).chunks()
+  yield newline
+}
 
 class OutboxIoError extends Schema.TaggedError<OutboxIoError>()("OutboxIoError", {
   operation: Schema.String,
@@ -36,14 +42,17 @@ const syncDirectory = (dir: string) =>
     }
   })
 
-/** Writes `data` to `<dir>/<name>` through a temp file in the same directory; the rename is atomic. */
-const writeAtomically = (dir: string, name: string, data: Uint8Array | string) => {
+/**
+ * Writes `chunks` to `<dir>/<name>` through a temp file in the same directory, one chunk at a time (a
+ * message's JSON is never one string); the rename is atomic.
+ */
+const writeAtomically = (dir: string, name: string, chunks: Iterable<Uint8Array>) => {
   const temp = path.join(dir, `.${name}.${crypto.randomBytes(6).toString("hex")}.tmp`)
   return Effect.gen(function*() {
     yield* io("write", async () => {
       const handle = await fs.open(temp, "wx", 0o640)
       try {
-        await handle.writeFile(data)
+        for (const chunk of chunks) await handle.write(chunk)
         await handle.sync()
       } finally {
         await handle.close()
@@ -69,10 +78,9 @@ const make = Effect.gen(function*() {
   const submit = Effect.fnUntraced(
     function*(outbound: Outbound) {
       if (!safeId.test(outbound.id)) return yield* Effect.die(new Error(`unsafe gateway id for a file name: ${outbound.id}`))
-      const json = JSON.stringify(encodeCanonical(outbound.message), null, 2) + "\n"
       yield* io("create directory", () => fs.mkdir(dir, { recursive: true }))
-      yield* writeAtomically(dir, `${outbound.id}.eml`, outbound.raw)
-      yield* writeAtomically(dir, `${outbound.id}.json`, json)
+      yield* writeAtomically(dir, `${outbound.id}.eml`, [outbound.raw])
+      yield* writeAtomically(dir, `${outbound.id}.json`, jsonFile(outbound.message))
       yield* Effect.logDebug("message written to the outbox").pipe(Effect.annotateLogs({ gateway_id: outbound.id }))
       return { upstreamId: outbound.id }
     },

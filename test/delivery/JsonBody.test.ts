@@ -54,6 +54,19 @@ describe("JsonBody", () => {
     }
   })
 
+  it("lays the text out as JSON.stringify does with an indent, for the outbox's files", () => {
+    const received = Buffer.from("Content-Transfer-Encoding: base64\r\n\r\nAAEC\r\nAwQF\r\n--b--\r\n", "latin1")
+    const asText = new ReceivedBase64(received, 37, 47, 6)
+    for (const attachments of [[], [bytes(1)], [bytes(49_153), asText]]) {
+      const m = message(attachments)
+      const pretty = Buffer.concat([...jsonBody(m, 2).chunks()]).toString("utf8")
+      assert.strictEqual(pretty, JSON.stringify(encodeCanonical(m), null, 2))
+      assert.strictEqual(Buffer.byteLength(pretty), jsonBody(m, 2).byteLength)
+    }
+    const value = { a: undefined, b: [undefined, { c: [1, "x\ny"] }, new Uint8Array([255])], d: {}, e: [] }
+    assert.strictEqual(Buffer.concat([...jsonBody(value, 4).chunks()]).toString(), JSON.stringify({ ...value, b: [null, { c: [1, "x\ny"] }, "/w=="] }, null, 4))
+  })
+
   it("follows JSON.stringify for undefined, functions, nested arrays and numbers", () => {
     const value = { a: undefined, b: [undefined, () => 1, 1.5e300, -0, [[]]], c: { d: null, e: true }, f: () => 2, g: new Uint8Array([255]) }
     assert.strictEqual(jsonText(value), JSON.stringify({ ...value, g: "/w==" }))

@@ -45,6 +45,20 @@ describe("OutboxUpstream", () => {
       assert.isFalse(upstream.perRecipient)
     }))
 
+  it.effect("writes attachments into <id>.json as base64, laid out as JSON.stringify(message, null, 2)", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const upstream = yield* upstreamAt(dir)
+      const base = outbound("WITHFILES")
+      const content = new Uint8Array(300_000).map((_, i) => (i * 7) & 0xff)
+      const attachment = { filename: "a.bin", content_type: "application/octet-stream", size: content.byteLength, content_id: null, disposition: "attachment" as const, content_base64: content }
+      const message = { ...base, message: { ...base.message, attachments: [attachment] } }
+      yield* upstream.submit(message)
+      const text = fs.readFileSync(path.join(dir, "WITHFILES.json"), "utf8")
+      assert.strictEqual(text, JSON.stringify(Schema.encodeSync(CanonicalMessage)(message.message), null, 2) + "\n")
+      assert.include(text, `"content_base64": "${Buffer.from(content).toString("base64")}"`)
+    }))
+
   it.effect("keeps earlier messages when it writes the next one", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir
