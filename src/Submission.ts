@@ -114,9 +114,9 @@ export class Submission extends Context.Service<Submission, {
             received: message,
             recipients: envelope.rcptTo
           }
-          // the delivered bytes are a second copy of the message: made only when an upstream reads them
-          // (the outbox), once
-          let delivered: Uint8Array | undefined
+          // the delivered bytes (the edited header fields, then a view of the body): made only when an
+          // upstream reads them (the outbox), once
+          let delivered: ReadonlyArray<Uint8Array> | undefined
           const deliveredRaw = () => (delivered ??= deliveryRaw(message.raw, context))
           const deliverAs = (as: Principal): Effect.Effect<DeliveryReceipt, DeliveryError> =>
             delivery.deliver({

@@ -29,8 +29,8 @@ export interface DeliveryRequest {
   readonly messageId: string | null
   readonly message: CanonicalMessage
   readonly received: ReceivedMessage
-  /** The message as it travels on (Bcc removed, Received added); may be a getter that makes it when read. */
-  readonly raw: Uint8Array
+  /** The message as it travels on (Bcc removed, Received added), in pieces; may be a getter that makes them when read. */
+  readonly raw: ReadonlyArray<Uint8Array>
   readonly principal: Principal
   readonly recipients: ReadonlyArray<Mailbox>
 }

@@ -79,7 +79,7 @@ const make = Effect.gen(function*() {
     function*(outbound: Outbound) {
       if (!safeId.test(outbound.id)) return yield* Effect.die(new Error(`unsafe gateway id for a file name: ${outbound.id}`))
       yield* io("create directory", () => fs.mkdir(dir, { recursive: true }))
-      yield* writeAtomically(dir, `${outbound.id}.eml`, [outbound.raw])
+      yield* writeAtomically(dir, `${outbound.id}.eml`, outbound.raw)
       yield* writeAtomically(dir, `${outbound.id}.json`, jsonFile(outbound.message))
       yield* Effect.logDebug("message written to the outbox").pipe(Effect.annotateLogs({ gateway_id: outbound.id }))
       return { upstreamId: outbound.id }

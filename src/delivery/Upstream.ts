@@ -15,8 +15,8 @@ export interface Outbound {
   /** The gateway id: `250 2.0.0 Ok: queued as <id>`, the outbox file name, the canonical `id`. */
   readonly id: string
   readonly message: CanonicalMessage
-  /** The message as it travels on (Bcc removed, Received added): what the outbox writes as .eml. */
-  readonly raw: Uint8Array
+  /** The message as it travels on (Bcc removed, Received added), in pieces: what the outbox writes as .eml. */
+  readonly raw: ReadonlyArray<Uint8Array>
   readonly principal: Principal
   /** All envelope recipients for a whole-message upstream; exactly one for a per-recipient one. */
   readonly recipients: ReadonlyArray<Mailbox>

@@ -1,6 +1,6 @@
 /**
  * Transform: pure steps from a parsed, validated message to what travels on: `toCanonical` (the JSON
- * of design.md §5) and `deliveryRaw` (the bytes, edited in the header section only; the body is never
+ * of design.md §5) and `deliveryRaw` (the bytes in pieces, edited in the header section only; the body is never
  * re-encoded). No IO, no services. The byte-level header splitter here is shared with Parser.ts.
  */
 import { DateTime, Option, Predicate, Result } from "effect"
@@ -177,24 +177,16 @@ const isRawField = (header: Header): header is RawField =>
   Predicate.hasProperty(header, "raw") && header.raw instanceof Uint8Array
 
 /**
- * The bytes that travel on: the header section with every Bcc field (continuation lines included)
- * removed, a Received field first and a Message-ID when the message had none; then the blank line
- * and body exactly as received.
+ * The bytes that travel on, in order: the header section with every Bcc field (continuation lines
+ * included) removed, a Received field first and a Message-ID when the message had none; then the
+ * blank line and body exactly as received, a view of `raw` (a large message is not copied).
  */
-export const deliveryRaw = (raw: Uint8Array, context: TransformContext): Uint8Array => {
+export const deliveryRaw = (raw: Uint8Array, context: TransformContext): ReadonlyArray<Uint8Array> => {
   const section = Result.getOrElse(splitHeaderSection(raw), (): HeaderSection => ({ fields: [], bodyOffset: 0 }))
-  const parts = applyHeaderSteps(section.fields, context).map((header) =>
+  const fields = applyHeaderSteps(section.fields, context).map((header) =>
     isRawField(header) ? header.raw : encoder.encode(foldHeader(header))
   )
-  const rest = raw.subarray(section.bodyOffset)
-  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0) + rest.length)
-  let offset = 0
-  for (const part of parts) {
-    out.set(part, offset)
-    offset += part.length
-  }
-  out.set(rest, offset)
-  return out
+  return [...fields, raw.subarray(section.bodyOffset)]
 }
 
 const address = (ref: AddressRef) => ({ address: ref.address, name: ref.name })

@@ -94,7 +94,7 @@ export const submit = (principal: Principal, msg: CanonicalMessage = message(), 
     upstream.submit({
       id: msg.id,
       message: msg,
-      raw: new Uint8Array(),
+      raw: [],
       principal,
       recipients: [recipient as Mailbox],
       idempotencyKey: `${msg.id}:${recipient}`

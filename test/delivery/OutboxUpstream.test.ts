@@ -36,7 +36,7 @@ describe("OutboxUpstream", () => {
 
       assert.deepStrictEqual(accepted, { upstreamId: "0ABCDEF12XYZ" })
       assert.deepStrictEqual(fs.readdirSync(dir).sort(), ["0ABCDEF12XYZ.eml", "0ABCDEF12XYZ.json"])
-      assert.deepStrictEqual(new Uint8Array(fs.readFileSync(path.join(dir, "0ABCDEF12XYZ.eml"))), message.raw)
+      assert.deepStrictEqual(new Uint8Array(fs.readFileSync(path.join(dir, "0ABCDEF12XYZ.eml"))), new Uint8Array(Buffer.concat(message.raw)))
       const text = fs.readFileSync(path.join(dir, "0ABCDEF12XYZ.json"), "utf8")
       assert.match(text, /^\{\n  "id": "0ABCDEF12XYZ",/)
       const decoded = Schema.decodeUnknownSync(Schema.fromJsonString(CanonicalMessage))(text)
@@ -57,6 +57,17 @@ describe("OutboxUpstream", () => {
       const text = fs.readFileSync(path.join(dir, "WITHFILES.json"), "utf8")
       assert.strictEqual(text, JSON.stringify(Schema.encodeSync(CanonicalMessage)(message.message), null, 2) + "\n")
       assert.include(text, `"content_base64": "${Buffer.from(content).toString("base64")}"`)
+    }))
+
+  it.effect("writes <id>.eml from its pieces, the body straight from the shared memory it arrived in", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const upstream = yield* upstreamAt(dir)
+      const body = new Uint8Array(new SharedArrayBuffer(1_000_000)).map((_, i) => 65 + (i % 26))
+      const head = new TextEncoder().encode("Received: from client\r\nSubject: big\r\n")
+      yield* upstream.submit({ ...outbound("PIECES"), raw: [head, body.subarray(0, 999_000)] })
+      const written = fs.readFileSync(path.join(dir, "PIECES.eml"))
+      assert.isTrue(written.equals(Buffer.concat([head, body.subarray(0, 999_000)])))
     }))
 
   it.effect("keeps earlier messages when it writes the next one", () =>

@@ -55,7 +55,7 @@ export const request = (
   messageId: "<m1@example.com>",
   message: canonical(overrides.id ?? "0ABCDEF12XYZ", recipients),
   received: { raw, size: raw.length, sha256: crypto.createHash("sha256").update(raw).digest("hex") },
-  raw,
+  raw: [raw],
   principal: alice,
   recipients: recipients.map((r) => mailbox(r)),
   ...overrides

@@ -9,7 +9,7 @@ import { jsonText } from "../delivery/fixtures.ts"
 import { Principal } from "../../src/domain/Principal.ts"
 import { Parser } from "../../src/message/Parser.ts"
 import {
-  deliveryRaw,
+  deliveryRaw as deliveryPieces,
   foldHeader,
   receivedHeader,
   splitHeaderSection,
@@ -21,6 +21,8 @@ const fixture = (name: string): Uint8Array =>
   new Uint8Array(readFileSync(new URL(`../fixtures/messages/${name}`, import.meta.url)))
 
 const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes)
+/** The delivered bytes, joined. */
+const deliveryRaw = (raw: Uint8Array, context: TransformContext) => new Uint8Array(Buffer.concat(deliveryPieces(raw, context)))
 const bytes = (s: string) => new TextEncoder().encode(s)
 const mailbox = Schema.decodeSync(Mailbox)
 
@@ -304,6 +306,15 @@ layer(Parser.layer)("Transform", (it) => {
       const body = bodyOf(raw)
       assert.isAbove(body.length, 0)
       assert.deepStrictEqual(delivered.subarray(delivered.length - body.length), body)
+    }))
+
+  it.effect("leaves the body where it arrived: the last piece is a view of the received bytes, not a copy", () =>
+    Effect.sync(() => {
+      const raw = fixture("plain.eml")
+      const pieces = deliveryPieces(raw, context())
+      const body = pieces[pieces.length - 1]!
+      assert.strictEqual(body.buffer, raw.buffer)
+      assert.strictEqual(body.byteOffset + body.byteLength, raw.byteLength)
     }))
 
   it.effect("passes a binary body through byte for byte", () =>
