@@ -535,7 +535,9 @@ export class SmtpListener extends Context.Service<SmtpListener, {
               host: config.smtp.host,
               port,
               smtps_port: Option.getOrNull(smtpsPort),
-              certificate: certificates.source
+              certificate: certificates.source,
+              // what the default (a quarter of the process's memory) came to
+              max_message_memory: config.limits.maxMessageMemory
             })
           )
         ),

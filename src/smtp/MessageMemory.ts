@@ -38,7 +38,6 @@ export interface Reservation {
 }
 
 export class MessageMemory extends Context.Service<MessageMemory, {
-  readonly limit: number
   /** Bytes held now, by every message. */
   readonly held: () => number
   /** A share for one message, given back when the scope closes. */
@@ -69,7 +68,6 @@ export class MessageMemory extends Context.Service<MessageMemory, {
       }
     }
     return MessageMemory.of({
-      limit,
       held: () => held,
       reserve: Effect.acquireRelease(Effect.sync(open), (reservation) =>
         Effect.andThen(Effect.sync(reservation.release), report)),
