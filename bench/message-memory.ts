@@ -8,9 +8,11 @@
  *
  * The second argument is the gateway's extra environment; with UPSTREAM=http the messages go to an HTTP
  * stand-in in this process (answering 200 at once) instead of the outbox directory.
+ * BENCH_CGROUP=<a cgroup directory> moves the gateway alone into that cgroup as it starts, to run it as
+ * in a pod with a memory limit (cgroup v1: set memory.limit_in_bytes first; v2: memory.max).
  */
 import { spawn } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import * as http from "node:http"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -48,6 +50,8 @@ const gateway = spawn(process.execPath, ["bin/smtp-gateway.js", "serve"], {
   },
   stdio: ["ignore", "pipe", "pipe"]
 })
+const cgroup = process.env.BENCH_CGROUP
+if (cgroup !== undefined && cgroup !== "") writeFileSync(path.join(cgroup, "cgroup.procs"), String(gateway.pid))
 let output = ""
 gateway.stdout.on("data", (d: Buffer) => (output += d.toString()))
 gateway.stderr.on("data", (d: Buffer) => (output += d.toString()))
@@ -65,7 +69,13 @@ const password = await new Promise<string>((resolve, reject) => {
 })
 await new Promise((resolve) => setTimeout(resolve, 1500)) // listening, and settled
 
-const rssMB = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${gateway.pid}/status`, "utf8"))![1]) / 1024
+const rssMB = () => {
+  try {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${gateway.pid}/status`, "utf8"))![1]) / 1024
+  } catch {
+    return 0 // the gateway is gone
+  }
+}
 const before = rssMB()
 let peak = before
 const sampler = setInterval(() => {
@@ -113,8 +123,13 @@ for (const reply of replies) {
 console.log(`${n} messages at once, ${JSON.stringify(extraEnv)}`)
 for (const [reply, count] of Object.entries(counted)) console.log(`  ${count} × ${reply}`)
 console.log(`  RSS before ${before.toFixed(0)} MB, peak ${peak.toFixed(0)} MB: growth ${(peak - before).toFixed(0)} MB`)
+if (gateway.exitCode !== null || gateway.signalCode !== null) {
+  console.log(`  the gateway died: ${gateway.signalCode ?? `exit ${gateway.exitCode}`}`)
+}
 
-gateway.kill("SIGTERM")
-await new Promise((resolve) => gateway.once("exit", resolve))
+if (gateway.exitCode === null && gateway.signalCode === null) {
+  gateway.kill("SIGTERM")
+  await new Promise((resolve) => gateway.once("exit", resolve))
+}
 api.close()
 rmSync(dir, { recursive: true, force: true })
