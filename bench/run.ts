@@ -12,14 +12,14 @@ import * as path from "node:path"
 import { largeMessage, type LoadResult, messageBytes, type MessageSource, openIdle, percentile, runLoad, textMessage } from "./loadgen.ts"
 import { cpuSecondsOf, freePort, pollRss, sleep, startChild, startedWhen, statusBytes, waitForPort } from "./lib/proc.ts"
 import { summarizeProfile } from "./lib/profile.ts"
-import { gateway, responder, sink } from "./systems/node.ts"
+import { gateway, responder, sink, sinkPlus } from "./systems/node.ts"
 import { aiosmtpd, haraka, postfix } from "./systems/peers.ts"
 import type { Environment, Mode, Running, System, UpstreamKind } from "./systems/types.ts"
 
 const argv = process.argv.slice(2)
 const usage = `npm run bench -- [--quick] [--only=<scenario,...>] [--systems=<id,...>] [--soak-minutes=N] [--soak-rate=N] [--profile[=gateway|sink]]
 scenarios: plain-10x100 tls-10x100 tls-50x100 tls-newconn cakemail-10rcpt large-25mb idle-tls soak
-systems:   gateway sink haraka postfix aiosmtpd responder (see bench/README.md)`
+systems:   gateway sink sink-plus haraka postfix aiosmtpd responder (see bench/README.md)`
 const known = /^--(quick|profile|(only|systems|soak-minutes|soak-rate|profile)=.+)$/
 if (argv.includes("--help") || argv.includes("-h")) {
   console.log(usage)
@@ -94,7 +94,7 @@ const upstreamStats = async (): Promise<UpstreamStats> => {
   return (await response.json()) as UpstreamStats
 }
 
-const allSystems: ReadonlyArray<System> = [gateway, sink, haraka, postfix, aiosmtpd, responder]
+const allSystems: ReadonlyArray<System> = [gateway, sink, sinkPlus, haraka, postfix, aiosmtpd, responder]
 const systems: Array<System> = []
 const skipped: Record<string, string> = {}
 for (const system of allSystems) {

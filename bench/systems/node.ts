@@ -74,7 +74,14 @@ const readyOver = (url: string, timeoutMs = 20_000): Promise<void> =>
 export const startSink = async (
   env: Environment,
   options: StartOptions,
-  sink: { readonly name: string; readonly command: string; readonly args: ReadonlyArray<string>; readonly cwd: string; readonly prefix: string }
+  sink: {
+    readonly name: string
+    readonly command: string
+    readonly args: ReadonlyArray<string>
+    readonly cwd: string
+    readonly prefix: string
+    readonly env?: Record<string, string>
+  }
 ): Promise<Running> => {
   const port = await freePort()
   const child = startChild(sink.command, sink.args, {
@@ -88,7 +95,8 @@ export const startSink = async (
       TLS_CERT_PATH: env.certPath,
       TLS_KEY_PATH: env.keyPath,
       [`${sink.prefix}_USER`]: benchUser.user,
-      [`${sink.prefix}_PASS`]: benchUser.pass
+      [`${sink.prefix}_PASS`]: benchUser.pass,
+      ...sink.env
     }
   })
   return listening(child, port, options, sink.name, env.logDir)
@@ -161,6 +169,27 @@ export const sink: System = {
       args: [...tsx, ...(options.nodeFlags ?? []), path.join(env.repo, "bench/systems/sink.ts")],
       cwd: env.repo,
       prefix: "SINK"
+    })
+}
+
+/**
+ * The sink plus, in plain Node, work the gateway does beside the libraries: parsing in a worker thread,
+ * its log lines, its spans (to the collector stand-in), a digest, a duplicate-window entry, an upstream
+ * timeout and metrics (bench/systems/sink.ts, SINK_EXTRAS). A floor for the gateway's cost without Effect.
+ */
+export const sinkPlus: System = {
+  id: "sink-plus",
+  label: "sink + worker, logs, spans, checks",
+  postsToUpstream: true,
+  unavailable: async () => undefined,
+  start: (env, options) =>
+    startSink(env, options, {
+      name: "sink-plus",
+      command: process.execPath,
+      args: [...tsx, ...(options.nodeFlags ?? []), path.join(env.repo, "bench/systems/sink.ts")],
+      cwd: env.repo,
+      prefix: "SINK",
+      env: { SINK_EXTRAS: "worker,logs,spans,checks", OTEL_EXPORTER_OTLP_ENDPOINT: env.collectorUrl }
     })
 }
 
