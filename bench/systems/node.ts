@@ -157,41 +157,31 @@ export const gateway: System = {
   }
 }
 
-export const sink: System = {
-  id: "sink",
-  label: "bare smtp-server+mailparser+POST",
+/** bench/systems/sink.ts as the system `id`, with `extras` (its SINK_EXTRAS) when given. */
+const sinkSystem = (id: string, label: string, extras?: string): System => ({
+  id,
+  label,
   postsToUpstream: true,
   unavailable: async () => undefined,
   start: (env, options) =>
     startSink(env, options, {
-      name: "sink",
+      name: id,
       command: process.execPath,
       args: [...tsx, ...(options.nodeFlags ?? []), path.join(env.repo, "bench/systems/sink.ts")],
       cwd: env.repo,
-      prefix: "SINK"
+      prefix: "SINK",
+      ...(extras === undefined ? {} : { env: { SINK_EXTRAS: extras, OTEL_EXPORTER_OTLP_ENDPOINT: env.collectorUrl } })
     })
-}
+})
+
+export const sink = sinkSystem("sink", "bare smtp-server+mailparser+POST")
 
 /**
  * The sink plus, in plain Node, work the gateway does beside the libraries: parsing in a worker thread,
  * its log lines, its spans (to the collector stand-in), a digest, a duplicate-window entry, an upstream
  * timeout and metrics (bench/systems/sink.ts, SINK_EXTRAS). A floor for the gateway's cost without Effect.
  */
-export const sinkPlus: System = {
-  id: "sink-plus",
-  label: "sink + worker, logs, spans, checks",
-  postsToUpstream: true,
-  unavailable: async () => undefined,
-  start: (env, options) =>
-    startSink(env, options, {
-      name: "sink-plus",
-      command: process.execPath,
-      args: [...tsx, ...(options.nodeFlags ?? []), path.join(env.repo, "bench/systems/sink.ts")],
-      cwd: env.repo,
-      prefix: "SINK",
-      env: { SINK_EXTRAS: "worker,logs,spans,checks", OTEL_EXPORTER_OTLP_ENDPOINT: env.collectorUrl }
-    })
-}
+export const sinkPlus = sinkSystem("sink-plus", "sink + worker, logs, spans, checks", "worker,logs,spans,checks")
 
 export const responder: System = {
   id: "responder",
