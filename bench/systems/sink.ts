@@ -19,7 +19,7 @@ import * as http from "node:http"
 import type { Readable } from "node:stream"
 import { Worker } from "node:worker_threads"
 import { simpleParser } from "mailparser"
-import { SMTPServer, type SMTPServerSession } from "smtp-server"
+import { SMTPServer, type SMTPServerAuthentication, type SMTPServerAuthenticationResponse, type SMTPServerSession } from "smtp-server"
 
 const env = (name: string): string => {
   const value = process.env[name]
@@ -184,7 +184,27 @@ const parse = (stream: Readable): Promise<{ parts: Parts; digest: string | null;
   })
 }
 
-const hooks = extras.size === 0 ? {} : {
+type DataCallback = (error?: Error | null, message?: string) => void
+
+const answer = (callback: DataCallback, status: number) =>
+  status >= 200 && status < 300 ? callback(null, "Ok: queued") : callback(new Error(`upstream answered ${status}`))
+const fail = (callback: DataCallback) => (e: unknown) => callback(e instanceof Error ? e : new Error(String(e)))
+
+/** The bare sink: parse, post, answer. */
+const bareData = (stream: Readable, session: SMTPServerSession, callback: DataCallback) => {
+  parse(stream).then(({ parts }) => post(bodyOf(session, parts))).then((status) => answer(callback, status), fail(callback))
+}
+
+type AuthCallback = (error: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void
+
+/** The one bench user, or `535`. */
+const authenticate = (auth: SMTPServerAuthentication, callback: AuthCallback) =>
+  auth.username === user && auth.password === pass
+    ? callback(null, { user: auth.username })
+    : callback(new Error("Authentication credentials invalid"))
+
+/** sink-plus: the gateway's work around the same steps (SINK_EXTRAS). */
+const withExtras = {
   onConnect: (session: SMTPServerSession, callback: (error?: Error) => void) => {
     const traceId = crypto.randomBytes(16).toString("hex")
     traceOf.set(session, traceId)
@@ -197,6 +217,10 @@ const hooks = extras.size === 0 ? {} : {
     const duration = Math.round(performance.now() - (openedAt.get(session) ?? performance.now()))
     log("connection closed", { session_id: session.id, duration_ms: duration, messages: messagesOf.get(session) ?? 0 })
   },
+  onAuth: (auth: SMTPServerAuthentication, session: SMTPServerSession, callback: AuthCallback) => {
+    span("smtp.auth", traceOf.get(session) ?? "", undefined, { "smtp.auth.mechanism": auth.method })
+    authenticate(auth, callback)
+  },
   onMailFrom: (_address: unknown, session: SMTPServerSession, callback: (error?: Error) => void) => {
     const traceId = traceOf.get(session) ?? ""
     span("smtp.mail", traceId, undefined, { "smtp.reply.code": 250 })
@@ -206,25 +230,8 @@ const hooks = extras.size === 0 ? {} : {
   onRcptTo: (_address: unknown, session: SMTPServerSession, callback: (error?: Error) => void) => {
     span("smtp.rcpt", traceOf.get(session) ?? "", undefined, { "smtp.reply.code": 250 })
     callback()
-  }
-}
-
-const server = new SMTPServer({
-  ...(tlsMode
-    ? { key: readFileSync(env("TLS_KEY_PATH")), cert: readFileSync(env("TLS_CERT_PATH")) }
-    : { disabledCommands: ["STARTTLS", "AUTH"], authOptional: true }),
-  size: 26_214_400,
-  logger: false,
-  disableReverseLookup: true,
-  authMethods: ["PLAIN", "LOGIN"],
-  ...hooks,
-  onAuth: (auth, session, callback) => {
-    span("smtp.auth", traceOf.get(session) ?? "", undefined, { "smtp.auth.mechanism": auth.method })
-    return auth.username === user && auth.password === pass
-      ? callback(null, { user: auth.username })
-      : callback(new Error("Authentication credentials invalid"))
   },
-  onData: (stream, session, callback) => {
+  onData: (stream: Readable, session: SMTPServerSession, callback: DataCallback) => {
     const started = performance.now()
     parse(stream).then(({ parts, digest, size }) => {
       const traceId = traceOf.get(session) ?? ""
@@ -248,14 +255,28 @@ const server = new SMTPServer({
           observe((performance.now() - started) / 1000)
           counters.accepted++
         }
-        if (status < 200 || status >= 300) return callback(new Error(`upstream answered ${status}`))
-        messagesOf.set(session, (messagesOf.get(session) ?? 0) + 1)
-        log("message accepted", { session_id: session.id, gateway_id: id, size, recipients: session.envelope.rcptTo.length, upstream_ids: "up", trace_id: traceId })
-        log("transaction ended", { session_id: session.id, reply: `250 2.0.0 Ok: queued as ${id}`, size, recipients: session.envelope.rcptTo.length, trace_id: traceId })
-        callback(null, "Ok: queued")
+        if (status >= 200 && status < 300) {
+          messagesOf.set(session, (messagesOf.get(session) ?? 0) + 1)
+          log("message accepted", { session_id: session.id, gateway_id: id, size, recipients: session.envelope.rcptTo.length, upstream_ids: "up", trace_id: traceId })
+          log("transaction ended", { session_id: session.id, reply: `250 2.0.0 Ok: queued as ${id}`, size, recipients: session.envelope.rcptTo.length, trace_id: traceId })
+        }
+        answer(callback, status)
       })
-    }).catch((e: unknown) => callback(e instanceof Error ? e : new Error(String(e))))
+    }).catch(fail(callback))
   }
+}
+
+const server = new SMTPServer({
+  ...(tlsMode
+    ? { key: readFileSync(env("TLS_KEY_PATH")), cert: readFileSync(env("TLS_CERT_PATH")) }
+    : { disabledCommands: ["STARTTLS", "AUTH"], authOptional: true }),
+  size: 26_214_400,
+  logger: false,
+  disableReverseLookup: true,
+  authMethods: ["PLAIN", "LOGIN"],
+  ...(extras.size === 0
+    ? { onAuth: (auth, _session, callback) => authenticate(auth, callback), onData: bareData }
+    : withExtras)
 })
 server.on("error", () => {})
 server.listen(Number(env("SINK_PORT")), "127.0.0.1")
