@@ -1,6 +1,6 @@
 /**
  * The parse worker of the sink with SINK_EXTRAS=worker: mailparser's simpleParser over bytes sent from
- * the main thread, the parts it needs posted back (attachments' bytes transferred, not copied).
+ * the main thread, the parts it needs posted back (structured-cloned, as the messages' own bytes were sent).
  * Plain JavaScript: a worker thread does not get the tsx loader the sink runs under.
  */
 import { parentPort } from "node:worker_threads"
